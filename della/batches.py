@@ -1,0 +1,65 @@
+"""Token sequences and padded batches: every example is [<s>] + tokens + [</s>], right-padded."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodedSplit:
+    path: str
+    sequences: list[list[int]]
+    truncated_lines: list[int] = field(default_factory=list)  # 1-based line numbers
+
+    def summary(self) -> dict:
+        return {"path": self.path, "examples": len(self.sequences), "truncated": len(self.truncated_lines),
+                "truncated_lines_first": self.truncated_lines[:20],
+                "tokens": sum(len(s) for s in self.sequences)}
+
+
+def encode_split(lines: list[str], tokenizer, max_length: int, path: str) -> EncodedSplit:
+    """Tokenize lines; sequences longer than max_length (with <s> and </s>) keep their first
+    max_length - 1 tokens and </s>, and are counted rather than silently dropped."""
+    if max_length < 3:
+        raise ValueError(f"train.max_length = {max_length}: need room for <s>, one token and </s>")
+    out = EncodedSplit(path=path, sequences=[])
+    for lineno, ids in enumerate(tokenizer.encode_batch(lines), start=1):
+        seq = [tokenizer.bos_id, *ids, tokenizer.eos_id]
+        if len(seq) > max_length:
+            seq = seq[: max_length - 1] + [tokenizer.eos_id]
+            out.truncated_lines.append(lineno)
+        out.sequences.append(seq)
+    if out.truncated_lines:
+        log.warning("%s: %d of %d lines truncated to %d tokens (first: line %d)", path,
+                    len(out.truncated_lines), len(lines), max_length, out.truncated_lines[0])
+    return out
+
+
+def collate(seqs: list[list[int]], pad_id: int, device: torch.device | str = "cpu"):
+    """-> input_ids (B, T) long, mask (B, T) float (1 on real tokens)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T))
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Index batches of a fixed permutation; the seed (run seed, epoch) makes resumes exact."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [order[i: i + batch_size] for i in range(0, n, batch_size)]
+
+
+def length_sorted_batches(seqs: list[list[int]], batch_size: int) -> Iterator[list[int]]:
+    """Index batches of similar lengths (less padding) for evaluation; order does not change sums."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for i in range(0, len(order), batch_size):
+        yield order[i: i + batch_size]

@@ -1,0 +1,42 @@
+"""`python -m della <command>`: one subcommand per workflow step, each runnable by hand.
+
+Each command lives in its own module, which exposes `add_arguments(parser)` and `run(args)`;
+modules are imported lazily so `--help` stays fast and torch loads only when needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = {
+    "prepare-data": ("della.data.prepare", "validate a corpus and write results/data/<dataset>"),
+    "tokenizer": ("della.data.tokenizer", "train or copy the tokenizer of a dataset"),
+    "train": ("della.train", "train one model (resumes from its last checkpoint)"),
+    "evaluate": ("della.evaluate", "IW-PPL, ELBO, KL, MI, AU (+ attribute probe) -> eval.json"),
+    "generate": ("della.generate", "sample text from a trained model -> samples.txt"),
+    "aggregate": ("della.tables", "collect eval/metrics JSON into a long CSV"),
+    "table": ("della.tables", "render a paper table as LaTeX, CSV and Markdown"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m della", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if name == chosen:  # import only the module that will run
+            mod = importlib.import_module(module)
+            (getattr(mod, f"add_{name.replace('-', '_')}_arguments", None) or mod.add_arguments)(p)
+            p.set_defaults(_run=getattr(mod, f"run_{name.replace('-', '_')}", None) or mod.run)
+    args = parser.parse_args(argv)
+    try:
+        args._run(args)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        logging.getLogger("della").error("%s", err)
+        sys.exit(2)

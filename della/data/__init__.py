@@ -1,0 +1,1 @@
+"""Corpora and tokenizers: prepare-data (synthetic | dir | hf), the synthetic grammar, the tokenizer."""

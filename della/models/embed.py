@@ -1,0 +1,22 @@
+"""Embedding paradigm (Optimus `latent_as_gpt_emb`): W_e z, no bias, added to every input embedding."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from della.models.backbone import Injection
+from della.models.base import MODELS
+from della.models.single_latent import SingleLatentVAE
+
+
+@MODELS.register("embed")
+class EmbedVAE(SingleLatentVAE):
+    registry_name = "embed"
+
+    def __init__(self, config, backbone, vocab):
+        super().__init__(config, backbone, vocab)
+        self.latent_to_embedding = nn.Linear(config.latent_size, backbone.n_embd, bias=False)
+        nn.init.normal_(self.latent_to_embedding.weight, std=0.02)
+
+    def injection(self, z):
+        return Injection(embed=self.latent_to_embedding(z[:, 0]))  # (N, d), broadcast over positions

@@ -1,0 +1,62 @@
+"""The single-latent Transformer VAE shared by the Embedding, Memory and Softmax baselines.
+
+One global z (p = 32) with an N(0, I) prior. The encoder is DELLA's kind (reference §9.1,
+TransformerCVAE): the shared GPT-2 run bidirectionally, attention pooling over the final
+(ln_f) states with the padding mask, and one Linear to [mu; log sigma^2]. Only how z enters
+the decoder differs between the subclasses (their `injection` / `output_logits`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from della.models.base import AttentionPooling, LatentModel, Posterior, gaussian_kl, gaussian_log_density
+
+
+@dataclass(frozen=True)
+class SingleLatentConfig:
+    latent_size: int = 32
+    kl_threshold: float = 0.0  # per-example max(KL, λ); 0 = off
+    tie_lm_head: bool = True
+
+
+class SingleLatentVAE(LatentModel):
+    config_class = SingleLatentConfig
+    n_groups = 1
+
+    def __init__(self, config: SingleLatentConfig, backbone, vocab):
+        super().__init__(config, backbone, vocab)
+        d, p = backbone.n_embd, config.latent_size
+        self.latent_size = p
+        self.pool = AttentionPooling(d)
+        self.to_posterior = nn.Linear(d, 2 * p)
+        nn.init.normal_(self.to_posterior.weight, std=0.02)
+        nn.init.zeros_(self.to_posterior.bias)
+
+    def encode(self, input_ids, mask):
+        out = self.backbone(input_ids, mask, causal=False)
+        return self.pool(out.hidden, mask)[:, None, :]  # (B, 1, d)
+
+    def _posterior_params(self, features):
+        mean, logvar = self.to_posterior(features).chunk(2, dim=-1)  # (B, 1, p) each
+        return mean, logvar
+
+    def sample_posterior(self, features, k):
+        mean, logvar = self._posterior_params(features)
+        eps = torch.randn((k, *mean.shape), device=mean.device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * logvar) * eps  # (K, B, 1, p)
+        zeros = torch.zeros_like(mean)
+        kl = gaussian_kl(mean, logvar, zeros, zeros).expand(k, -1, -1)
+        return Posterior(z=z, log_q=gaussian_log_density(z, mean, logvar),
+                         log_p=gaussian_log_density(z, zeros, zeros), kl=kl,
+                         mean=mean.expand(k, -1, -1, -1), logvar=logvar.expand(k, -1, -1, -1))
+
+    def sample_prior(self, n, generator=None):
+        return torch.randn(n, 1, self.latent_size, generator=generator, device=self.device)
+
+    def log_q_matrix(self, z, features):
+        mean, logvar = self._posterior_params(features)  # (N, 1, p)
+        return gaussian_log_density(z[:, None], mean[None], logvar[None]).sum(-1)  # (M, N)

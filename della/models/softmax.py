@@ -1,0 +1,22 @@
+"""Softmax paradigm (the paper's §3.3): W_s z added to the last-layer (ln_f) states before the
+LM head, so z meets the hidden states only at the output."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from della.models.base import MODELS
+from della.models.single_latent import SingleLatentVAE
+
+
+@MODELS.register("softmax")
+class SoftmaxVAE(SingleLatentVAE):
+    registry_name = "softmax"
+
+    def __init__(self, config, backbone, vocab):
+        super().__init__(config, backbone, vocab)
+        self.latent_to_hidden = nn.Linear(config.latent_size, backbone.n_embd, bias=False)
+        nn.init.normal_(self.latent_to_hidden.weight, std=0.02)
+
+    def output_logits(self, hidden, z):
+        return super().output_logits(hidden + self.latent_to_hidden(z[:, 0])[:, None, :], z)

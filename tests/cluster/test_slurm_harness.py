@@ -1,0 +1,254 @@
+"""Run a tiny workflow through a real single-node Slurm with profiles/slurm.
+
+Only runs when selected with ``-m cluster`` and as root (packages are
+apt-get installed when missing):
+
+    python -m pytest tests/cluster -q -m cluster -s
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slurm import LocalSlurm, SlurmUnavailable, wait_until
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILE = REPO / "profiles" / "slurm"
+GPU_PARTITION = "gpu"  # second partition on the test node, used via --set-resources
+RUN_TIMEOUT = 150  # hard limit per snakemake run (s); a healthy run takes 25-60 s here
+
+TRAIN_PY = r'''
+"""Fake training: one "step" per second, state saved atomically after each step."""
+import argparse, json, os, time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--steps", type=int, required=True)
+ap.add_argument("--state", required=True)
+ap.add_argument("--out", required=True)
+a = ap.parse_args()
+
+start = 0
+if os.path.exists(a.state):
+    with open(a.state) as fh:
+        start = json.load(fh)["step"]
+print(f"train: starting at step {start}", flush=True)
+os.makedirs(os.path.dirname(a.state), exist_ok=True)
+for step in range(start, a.steps):
+    time.sleep(1)
+    tmp = a.state + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump({"step": step + 1}, fh)
+    os.replace(tmp, a.state)
+    print(f"train: step {step + 1}/{a.steps}", flush=True)
+with open(a.out, "w") as fh:
+    json.dump({"resumed_from": start, "steps": a.steps,
+               "slurm_job_id": os.environ.get("SLURM_JOB_ID")}, fh)
+os.remove(a.state)
+'''
+
+SNAKEFILE = '''
+GPU = int(config.get("gpu", 0))  # 0 on a CPU-only cluster: no --gpus request at all
+STEPS = int(config.get("steps", 4))
+
+localrules: all
+
+rule all:
+    input: "results/report.txt"
+
+rule prepare:
+    output: "data/prepared.txt"
+    shell: "echo slurm_job_id=$SLURM_JOB_ID > {{output}}"
+
+rule train:
+    input: "data/prepared.txt"
+    output: "model/final.json"
+    params: state="ckpt/train.state", steps=STEPS
+    resources: gpu=GPU
+    shell: "{python} train.py --steps {{params.steps}} --state {{params.state}} --out {{output}}"
+
+rule report:
+    input: "model/final.json"
+    output: "results/report.txt"
+    shell: "cat {{input}} > {{output}} && echo slurm_job_id=$SLURM_JOB_ID >> {{output}}"
+'''
+
+
+def make_workflow(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Snakefile").write_text(textwrap.dedent(SNAKEFILE.format(python=shlex.quote(sys.executable))))
+    (root / "train.py").write_text(TRAIN_PY)
+    return root
+
+
+def snakemake_args(*extra: str, steps: int, gpu: int = LocalSlurm.gpus) -> list[str]:
+    return [
+        "--executor", "slurm",
+        "--workflow-profile", str(PROFILE),
+        "--jobs", "2",
+        "--config", f"gpu={gpu}", f"steps={steps}",
+        "--set-resources", f"train:slurm_partition={GPU_PARTITION}",
+        *extra,
+    ]
+
+
+def profile_partition() -> str:
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    return str(profile["default-resources"]["slurm_partition"])
+
+
+@pytest.fixture(scope="module")
+def cluster(request):
+    if "cluster" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("starts a real Slurm (apt-get install as root): select with -m cluster")
+    # The test node mirrors the profile's default partition, plus a GPU-named one.
+    slurm = LocalSlurm(partitions=(profile_partition(), GPU_PARTITION))
+    try:
+        slurm.start()
+    except SlurmUnavailable as exc:
+        pytest.skip(f"local Slurm unavailable: {exc}")
+    request.addfinalizer(slurm.stop)
+    print(f"\n[local-slurm] bring-up {slurm.startup_seconds:.2f} s "
+          f"(package check/install {slurm.install_seconds:.2f} s) "
+          f"(node {slurm.node}, {slurm.cpus} CPUs, {slurm.real_memory_mb} MB, "
+          f"ports {slurm.ctld_port}/{slurm.slurmd_port}, pids {slurm.pids})")
+    return slurm
+
+
+def jobs_by_id(cluster: LocalSlurm) -> dict[int, dict[str, str]]:
+    return {int(j["id"]): j for j in cluster.squeue_jobs()}
+
+
+def test_workflow_runs_through_sbatch(cluster: LocalSlurm, tmp_path: Path):
+    wf = make_workflow(tmp_path / "wf")
+    # steps=1 keeps every job under ~11 s, so the plugin's status polling (1 s, then
+    # +10 s per check that sees nothing finished) notices each job at its 2nd check.
+    run = cluster.run_snakemake(snakemake_args("--slurm-keep-successful-logs", steps=1),
+                                cwd=wf, timeout=RUN_TIMEOUT)
+    print(f"[local-slurm] 3-job workflow through slurm: {run.seconds:.1f} s")
+    assert not run.timed_out, f"snakemake hung; log:\n{run.output[-4000:]}"
+    assert run.returncode == 0, run.output[-4000:]
+
+    # every job went through sbatch: three distinct Slurm ids, all completed
+    submitted = run.slurm_job_ids
+    assert len(submitted) == 3, run.output[-4000:]
+    ids = sorted(submitted.values())
+    assert len(set(ids)) == 3
+    known = jobs_by_id(cluster)
+    comments = {}
+    for job_id in ids:
+        assert job_id in known, f"job {job_id} not in squeue -t all: {known}"
+        assert known[job_id]["state"] == "COMPLETED", known[job_id]
+        comments[known[job_id]["comment"]] = job_id
+    assert set(comments) == {"rule_prepare", "rule_train", "rule_report"}
+    # per-rule resource override reached sbatch -p; the rest used the profile default
+    assert known[comments["rule_train"]]["partition"] == GPU_PARTITION
+    assert known[comments["rule_prepare"]]["partition"] == profile_partition()
+
+    # outputs exist and were written inside the Slurm jobs
+    prepared = (wf / "data/prepared.txt").read_text()
+    assert f"slurm_job_id={comments['rule_prepare']}" in prepared
+    final = json.loads((wf / "model/final.json").read_text())
+    assert final == {"resumed_from": 0, "steps": 1, "slurm_job_id": str(comments["rule_train"])}
+    assert f"slurm_job_id={comments['rule_report']}" in (wf / "results/report.txt").read_text()
+
+    # one Slurm log per job under the profile's slurm-logdir
+    logs = {int(p.stem): p for p in (wf / "logs/slurm").rglob("*.log")}
+    assert set(ids) <= set(logs), sorted(logs)
+    assert "train: step 1/1" in logs[comments["rule_train"]].read_text()
+
+
+def test_scancel_then_resume(cluster: LocalSlurm, tmp_path: Path):
+    wf = make_workflow(tmp_path / "wf")
+    state = wf / "ckpt/train.state"
+    # --retries 0: otherwise the profile's retry would resubmit the cancelled job itself
+    args = snakemake_args("--retries", "0", steps=6)
+
+    t0 = time.monotonic()
+    proc = cluster.start_snakemake(args, cwd=wf)
+    try:
+        def train_running_with_state():
+            if proc.poll() is not None:
+                raise AssertionError(f"snakemake ended early:\n{proc.output()[-4000:]}")
+            running = [j for j in cluster.squeue_jobs("RUNNING") if j["comment"] == "rule_train"]
+            return running and state.exists() and running[0]
+        train = wait_until(train_running_with_state, timeout=90, interval=0.2,
+                           what="train job running with a checkpoint")
+        cluster.scancel(train["id"])
+        first = proc.wait(timeout=60)
+    finally:
+        proc.kill()  # no-op when it already ended
+    print(f"[local-slurm] scancel'ed train job {train['id']}; snakemake failed "
+          f"{time.monotonic() - t0:.1f} s after start")
+    assert not first.timed_out, f"snakemake hung after scancel; log:\n{first.output[-4000:]}"
+    assert first.returncode != 0, first.output[-4000:]
+    assert not (wf / "model/final.json").exists()
+    partial = json.loads(state.read_text())["step"]
+    assert 1 <= partial < 6
+    # the cancelled job's Slurm log is kept
+    assert list((wf / "logs/slurm").rglob(f"{train['id']}.log"))
+    assert jobs_by_id(cluster)[int(train["id"])]["state"] == "CANCELLED"
+
+    # the same command again: only train and report are resubmitted, train resumes
+    second = cluster.run_snakemake(args, cwd=wf, timeout=RUN_TIMEOUT)
+    print(f"[local-slurm] resume run: {second.seconds:.1f} s")
+    assert not second.timed_out, f"snakemake hung; log:\n{second.output[-4000:]}"
+    assert second.returncode == 0, second.output[-4000:]
+    resubmitted = {jobs_by_id(cluster)[i]["comment"] for i in second.slurm_job_ids.values()}
+    assert resubmitted == {"rule_train", "rule_report"}
+    final = json.loads((wf / "model/final.json").read_text())
+    assert final["resumed_from"] >= partial >= 1, final
+    assert (wf / "results/report.txt").exists()
+    assert not state.exists()
+
+
+def test_hung_snakemake_is_killed_with_its_process_group(cluster: LocalSlurm, tmp_path: Path):
+    """run_snakemake's hard timeout SIGKILLs snakemake and everything it started."""
+    wf = tmp_path / "hang"
+    wf.mkdir()
+    (wf / "Snakefile").write_text(textwrap.dedent('''
+        rule hang:
+            output: "never.txt"
+            shell: "echo $$ > pid.txt; sleep 300; touch {output}"
+    '''))
+    proc = cluster.start_snakemake(["--cores", "1"], cwd=wf)
+    pid_file = wf / "pid.txt"
+    pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=60,
+                         what="the job to start"))
+    # a deadline that is already over: wait() must SIGKILL the group and return
+    run = proc.wait(timeout=time.monotonic() - proc.started + 0.5)
+    assert run.timed_out and run.returncode is None
+    # the shell of the job (and its sleep) died with the process group
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or
+               Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z",
+               timeout=5, what=f"job shell {pid} to die")
+
+
+def test_second_cluster_picks_free_ports_and_stops_only_its_daemons(cluster: LocalSlurm):
+    """Ports 6817/6818 are taken by the module cluster: a second one moves aside,
+    runs a job, and stopping it leaves the first cluster untouched."""
+    with LocalSlurm(partitions=("other",)) as second:
+        assert {second.ctld_port, second.slurmd_port}.isdisjoint(
+            {cluster.ctld_port, cluster.slurmd_port})
+        out = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "srun true"],
+                             env=second.submit_env(), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        job_id = int(out.stdout.strip().split(";")[0])
+        wait_until(lambda: {int(j["id"]): j["state"] for j in second.squeue_jobs()}.get(job_id)
+                   == "COMPLETED", timeout=30, what=f"job {job_id} to complete")
+        pids = second.pids
+    assert second.scratch is None and not second.pids
+    for name, pid in pids.items():
+        assert not Path(f"/proc/{pid}").exists(), f"{name} ({pid}) still running"
+    assert cluster.running
+    assert "idle" in cluster.sinfo()

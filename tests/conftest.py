@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny models built in the test (no hub), and the path of ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from della.config import BackboneConfig
+from della.models import Vocab, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+VOCAB = Vocab(size=50, bos_id=1, eos_id=2, pad_id=0)
+TINY = BackboneConfig(n_layer=3, n_embd=32, n_head=2, n_positions=32, dropout=0.0)
+
+
+def tiny_model(name: str, seed: int = 0, **model_args):
+    torch.manual_seed(seed)
+    return build_model(name, model_args, VOCAB, backbone_config=TINY).eval()
+
+
+def random_batch(b: int = 4, t: int = 9, seed: int = 0, pad_last: int = 3):
+    """Sentences [<s>, tokens..., </s>] right-padded; the last row is shorter by pad_last."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB.size, (b, t), generator=g)
+    ids[:, 0] = VOCAB.bos_id
+    ids[:, -1] = VOCAB.eos_id
+    mask = torch.ones(b, t)
+    if pad_last:
+        ids[-1, t - pad_last - 1] = VOCAB.eos_id
+        ids[-1, t - pad_last:] = VOCAB.pad_id
+        mask[-1, t - pad_last:] = 0
+    return ids, mask
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent (the benchmark data lives beside the repo)")
+    return SHARED_DATA

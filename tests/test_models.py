@@ -1,0 +1,169 @@
+"""Architecture facts that the paper and the reference state, each checked on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from della.models import MODELS
+from della.models.della import LowRankFusion
+from tests.conftest import random_batch, tiny_model
+
+LATENT_MODELS = ["embed", "memory", "softmax", "della"]
+
+
+def test_registry_lists_every_model_and_suggests_close_names():
+    assert MODELS.names() == ["della", "embed", "gpt2", "memory", "softmax"]
+    with pytest.raises(KeyError, match="Did you mean 'della'"):
+        MODELS.get("dela")
+
+
+def test_unknown_model_arg_is_rejected_with_the_valid_keys():
+    with pytest.raises(ValueError, match="unknown key.*latent_dim.*valid keys"):
+        tiny_model("della", latent_dim=8)
+
+
+def test_encoder_is_bidirectional_a_late_token_changes_the_first_pooled_layer():
+    model = tiny_model("della")
+    ids, mask = random_batch(pad_last=0)
+    changed = ids.clone()
+    changed[:, -2] = (changed[:, -2] + 1 - 3) % 47 + 3  # another ordinary token
+    first = model.encode(ids, mask)[:, 0]
+    assert not torch.allclose(first, model.encode(changed, mask)[:, 0])
+
+
+def test_encoder_ignores_padding_when_pool_mask_is_on_and_not_in_official_mode():
+    ids, mask = random_batch(pad_last=3)
+    other_pad = ids.clone()
+    other_pad[-1, -3:] = 7  # different tokens in padded positions
+    masked = tiny_model("della")
+    assert torch.allclose(masked.encode(ids, mask), masked.encode(other_pad, mask), atol=1e-6)
+    official = tiny_model("della", pool_mask=False)
+    assert not torch.allclose(official.encode(ids, mask)[-1], official.encode(other_pad, mask)[-1])
+
+
+@pytest.mark.parametrize("name", ["gpt2", *LATENT_MODELS])
+def test_decoder_is_causal(name):
+    model = tiny_model(name)
+    ids, _ = random_batch(pad_last=0)
+    z = model.sample_prior(ids.shape[0])
+    changed = ids.clone()
+    changed[:, 6] = (changed[:, 6] + 1 - 3) % 47 + 3
+    logits, _ = model.decode(ids, z)
+    logits2, _ = model.decode(changed, z)
+    assert torch.allclose(logits[:, :6], logits2[:, :6], atol=1e-6)
+    assert not torch.allclose(logits[:, 6:], logits2[:, 6:])
+
+
+def test_della_latent_changes_every_injected_layer_and_no_layer_below():
+    model = tiny_model("della", begin_layer=1, end_layer=2)
+    ids, _ = random_batch(pad_last=0)
+    z1, z2 = model.sample_prior(4), model.sample_prior(4)
+    outs = [model.backbone(ids, causal=True, inject=model.injection(z), return_layers=True).layers for z in (z1, z2)]
+    assert torch.equal(outs[0][0], outs[1][0])  # layer 0 has no latent
+    for layer in (1, 2):
+        assert not torch.allclose(outs[0][layer], outs[1][layer])
+    # each latent group reaches its own layer: changing only z_2 leaves layer 1 untouched
+    z3 = z1.clone()
+    z3[:, 1] += 1.0
+    out3 = model.backbone(ids, causal=True, inject=model.injection(z3), return_layers=True).layers
+    assert torch.equal(out3[1], outs[0][1]) and not torch.allclose(out3[2], outs[0][2])
+
+
+@pytest.mark.parametrize("name", LATENT_MODELS)
+def test_every_latent_model_uses_z(name):
+    model = tiny_model(name)
+    ids, _ = random_batch(pad_last=0)
+    a, _ = model.decode(ids, model.sample_prior(4))
+    b, _ = model.decode(ids, model.sample_prior(4))
+    assert not torch.allclose(a, b)
+
+
+def test_lowrank_fusion_matches_the_formula_of_eq_9():
+    torch.manual_seed(0)
+    d, p, r = 6, 3, 4
+    v, z = torch.randn(2, 5, d), torch.randn(2, p)
+    one_v, one_z = torch.ones(2, 5, 1), torch.ones(2, 1)
+    for mode in ("paper", "lowrank"):
+        f = LowRankFusion(d, p, r, mode)
+        with torch.no_grad():
+            f.text_bias.normal_()
+            f.latent_bias.normal_()
+        text = [torch.cat([v, one_v], -1) @ f.text_weight[j].T + f.text_bias[j] for j in range(r)]
+        lat = [torch.cat([z, one_z], -1) @ f.latent_weight[j].T + f.latent_bias[j] for j in range(r)]
+        if mode == "paper":  # (Σ_j T_j[v;1]) ⊙ (Σ_j Z_j[z;1])
+            expected = sum(text) * sum(lat)[:, None]
+        else:  # Σ_j (T_j[v;1]) ⊙ (Z_j[z;1])
+            expected = sum(t * zz[:, None] for t, zz in zip(text, lat))
+        got = f(v, f.latent_factor(z))
+        assert torch.allclose(got, expected, atol=1e-5), mode
+
+
+@pytest.mark.parametrize("name", ["gpt2", *LATENT_MODELS])
+def test_cached_decoding_equals_full_recomputation(name):
+    model = tiny_model(name)
+    ids, _ = random_batch(pad_last=0)
+    z = model.sample_prior(ids.shape[0])
+    full, _ = model.decode(ids, z)
+    logits, cache = model.decode(ids[:, :3], z, use_cache=True)
+    steps = [logits]
+    for t in range(3, ids.shape[1]):
+        logits, cache = model.decode(ids[:, t:t + 1], z, cache=cache, use_cache=True)
+        steps.append(logits)
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_della_first_prior_is_standard_normal_by_default_and_learned_in_official_mode():
+    model = tiny_model("della")
+    post = model.sample_posterior(model.encode(*random_batch()), k=2)
+    z0 = post.z[..., 0, :]
+    expected = -0.5 * (torch.log(torch.tensor(2 * torch.pi)) + z0 ** 2).sum(-1)
+    assert torch.allclose(post.log_p[..., 0], expected, atol=1e-5)
+    learned = tiny_model("della", first_prior="learned")
+    with torch.no_grad():
+        learned.cell_ih[0].bias.fill_(0.5)
+        learned.prior[0].weight.fill_(0.3)
+    post = learned.sample_posterior(learned.encode(*random_batch()), k=2)
+    z0 = post.z[..., 0, :]
+    std_normal = -0.5 * (torch.log(torch.tensor(2 * torch.pi)) + z0 ** 2).sum(-1)
+    assert not torch.allclose(post.log_p[..., 0], std_normal, atol=1e-3)
+
+
+def test_official_switches_change_the_training_objective():
+    ids, mask = random_batch()
+    torch.manual_seed(1)
+    paper = tiny_model("della").loss(ids, mask, beta=1.0)
+    torch.manual_seed(1)
+    official = tiny_model("della", kl_aggregate="mean").loss(ids, mask, beta=1.0)
+    # same sample (same seed), KL summed over the 3 layers vs averaged
+    assert torch.allclose(paper.kl, official.kl)
+    assert torch.allclose(paper.loss - paper.ce.mean(), 3 * (official.loss - official.ce.mean()), atol=1e-5)
+
+
+def test_kl_threshold_applies_per_example_and_group():
+    model = tiny_model("della", kl_threshold=5.0)
+    kl = torch.tensor([[1.0, 7.0, 0.0], [6.0, 6.0, 6.0]])
+    assert torch.allclose(model.aggregate_kl(kl), torch.tensor([5 + 7 + 5.0, 18.0]))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny_model("della", lmf_mode="lowrank", tie_lm_head=False)
+    model.save_pretrained(tmp_path / "m")
+    loaded = type(model).from_pretrained(tmp_path / "m").eval()
+    ids, mask = random_batch()
+    z = model.sample_prior(4)
+    assert loaded.config == model.config
+    assert torch.equal(model.decode(ids, z)[0], loaded.decode(ids, z)[0])
+
+
+def test_folded_value_projection_equals_the_fusion_applied_after_it():
+    model = tiny_model("della")
+    fusion, attn = model.fusion[0], model.backbone.gpt2.h[0].attn
+    with torch.no_grad():
+        fusion.text_bias.normal_(), attn.c_attn.bias.normal_()
+    h, z = torch.randn(3, 20, 32), torch.randn(3, model.latent_size)
+    factor = fusion.latent_factor(z)
+    folded = fusion.project(h, attn.c_attn, factor, fold=True)
+    plain = fusion.project(h, attn.c_attn, factor, fold=False)
+    for a, b in zip(folded, plain):
+        assert torch.allclose(a, b, atol=1e-5)

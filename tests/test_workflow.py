@@ -1,0 +1,254 @@
+"""The Snakemake workflow: DAG shape, config validation, schema <-> dataclasses, profile, env.
+
+Snakemake runs as a subprocess with `-d <tmp>` and `--workflow-profile none` (so neither a
+developer's profile nor files in the checkout leak in); see docs: snakemake-notes §1.10.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from della import config as della_config
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+SECTIONS = {"backbone": della_config.BackboneConfig, "train": della_config.TrainConfig,
+            "evaluate": della_config.EvalConfig, "generate": della_config.GenerateConfig}
+REGISTRY_NAMES = ["gpt2", "embed", "memory", "softmax", "della"]
+
+
+def snakemake(workdir: Path, *args: str, snakefile: Path = REPO / "Snakefile", timeout: int = 600):
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir),
+         "--workflow-profile", "none", *args],
+        capture_output=True, text=True, timeout=timeout)
+
+
+def job_stats(output: str) -> dict[str, int]:
+    block = output.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.MULTILINE) if m.group(1) != "total"}
+
+
+def write_config(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+PLAN = {"prepare_data": 1, "tokenizer": 1, "run_config": 5, "train": 5, "evaluate": 5, "generate": 5,
+        "text_metrics": 5, "aggregate": 1, "table1": 1}
+
+
+def test_dry_run_of_the_embedded_default_plans_every_rule(tmp_path):
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert job_stats(proc.stdout) == {**PLAN, "default": 1}
+    assert "python -m della train --config results/runs/synthetic/della/seed0/config.yaml" in proc.stdout
+    assert "benchmark: results/benchmarks/train/synthetic/della/seed0.jsonl" in proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_workflow_snakefile_alone_plans_the_same(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--cores", "2", snakefile=REPO / "workflow" / "Snakefile")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert job_stats(proc.stdout) == {**PLAN, "all": 1}
+
+
+def test_unknown_model_registry_name_is_rejected_naming_the_key(tmp_path):
+    cfg = {"datasets": {"synthetic": {"source": "synthetic"}},
+           "models": {"della": {"model": "della"}, "fancy": {"model": "vae9000"}}}
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(write_config(tmp_path, cfg)))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "'vae9000' is not one of" in out and "['models']['fancy']['model']" in out
+
+
+def test_a_configfile_replaces_the_default_and_empty_text_metrics_drop_the_step(tmp_path):
+    cfg = {"datasets": {"tiny": {"source": "synthetic", "sizes": {"train": 20, "valid": 5, "test": 5}}},
+           "models": {"della": {"model": "della"}, "gpt2": {"model": "gpt2"}},
+           "seeds": [0, 1], "text_metrics": []}
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(write_config(tmp_path, cfg)))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    stats = job_stats(proc.stdout)
+    assert stats["train"] == 4 and "text_metrics" not in stats
+    assert "results/data/synthetic" not in proc.stdout  # the embedded default's dataset is gone
+    assert "--n-train 20 --n-valid 5 --n-test 5" in proc.stdout
+    assert "metrics.json" not in proc.stdout
+
+
+def test_ptb_config_plans_ptb_only(shared_data, tmp_path):
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(REPO / "config" / "ptb.yaml"))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert job_stats(proc.stdout)["train"] == 5
+    assert "--source dir --path" in proc.stdout and "shared/data/ptb --max-train-lines 2000" in proc.stdout
+    assert "results/data/synthetic" not in proc.stdout
+
+
+def test_run_config_rule_writes_the_resolved_config(tmp_path):
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    cfg["models"] = {"della": {"model": "della", "args": {"latent_size": 8}, "train": {"epochs": 7}}}
+    cfg["datasets"]["synthetic"]["train"] = {"epochs": 5, "lr": 2.0e-3}
+    proc = snakemake(tmp_path, "--cores", "1", "--until", "run_config",
+                     "--configfile", str(write_config(tmp_path, cfg)))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    run = della_config.RunConfig.load(tmp_path / "results/runs/synthetic/della/seed0/config.yaml")
+    assert run.model == "della" and run.model_args == {"latent_size": 8}
+    assert run.train.epochs == 7  # model override beats dataset override beats top level
+    assert run.train.lr == 2.0e-3
+    assert run.train.max_length == DEFAULT_CONFIG["train"]["max_length"]
+    assert run.data_dir == "results/data/synthetic" and run.tokenizer_dir == "results/tokenizers/synthetic"
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema, checked in-process (snakemake.utils.validate, as the workflow calls it)
+
+
+def validated(cfg: dict) -> dict:
+    from snakemake.utils import validate
+
+    cfg = copy.deepcopy(cfg)
+    validate(cfg, str(SCHEMA))
+    return cfg
+
+
+def test_default_config_validates_and_every_run_config_resolves():
+    cfg = validated(DEFAULT_CONFIG)
+    assert list(cfg["models"]) == REGISTRY_NAMES
+    for dataset in cfg["datasets"]:
+        for model in cfg["models"]:
+            run = della_config.resolve_run_config(cfg, dataset, model, 0)
+            della_config.RunConfig.from_dict(run)
+
+
+def test_overrides_do_not_get_defaults_filled_in():
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    cfg["datasets"]["synthetic"]["train"] = {"lr": 2.0e-3}
+    cfg = validated(cfg)
+    assert cfg["datasets"]["synthetic"]["train"] == {"lr": 2.0e-3}
+    run = della_config.resolve_run_config(cfg, "synthetic", "della", 0)
+    assert run["train"]["epochs"] == DEFAULT_CONFIG["train"]["epochs"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["datasets"]["synthetic"].update(source="parquet"), "'parquet' is not one of"),
+    (lambda c: c["datasets"].update(ptb={"source": "dir"}), "None is not of type 'string'"),
+    (lambda c: c["models"]["della"].update(train={"epochz": 3}), "epochz"),
+    (lambda c: c["train"].update(lr="fast"), "'fast' is not of type 'number'"),
+    (lambda c: c.update(sedes=[0]), "sedes"),
+    (lambda c: c["models"].update({"bad name": {"model": "della"}}), "bad name"),
+    (lambda c: c["resources"]["train"].update(gpus=1), "gpus"),
+])
+def test_schema_rejects_bad_configs(change, message):
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    change(cfg)
+    with pytest.raises(Exception, match=re.escape(message)):
+        validated(cfg)
+
+
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_schema_sections_mirror_the_dataclasses(section):
+    schema = _schema()
+    props = schema["properties"][section]["properties"]
+    fields = {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}
+    assert list(props) == list(fields), f"schema {section} keys differ from della.config"
+    for name, default in fields.items():
+        assert props[name]["default"] == default, f"{section}.{name}"
+    override = schema["$defs"][f"{section}_override"]["patternProperties"]
+    assert [k.strip("^$") for k in override] == list(fields)
+
+
+def test_every_schema_property_has_type_description_and_default():
+    def walk(node, where):
+        if not isinstance(node, dict):
+            return
+        required = set(node.get("required", []))
+        for name, prop in node.get("properties", {}).items():
+            if "$ref" not in prop:
+                assert "type" in prop, f"{where}.{name}: no type"
+            assert "description" in prop, f"{where}.{name}: no description"
+            assert "default" in prop or name in required, f"{where}.{name}: no default"
+            walk(prop, f"{where}.{name}")
+        for key in ("$defs", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                for name, sub in (node[key].items() if key == "$defs" else [("*", node[key])]):
+                    walk(sub, f"{where}.{name}")
+
+    walk(_schema(), "config")
+
+
+def test_schema_enumerates_the_model_registry():
+    from della.models import MODELS
+
+    assert sorted(_schema()["$defs"]["model"]["properties"]["model"]["enum"]) == MODELS.names()
+
+
+# ---------------------------------------------------------------------------------------------
+# Profile and environment
+
+
+def test_default_profile_is_local_only():
+    profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    assert profile["resources"] == {"gpu": 1}
+    assert "executor" not in profile and "cores" not in profile
+    assert profile["printshellcmds"] and profile["rerun-incomplete"]
+
+
+def _requirement_name(spec: str) -> str:
+    return re.split(r"[\s<>=!\[;]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_matches_pyproject():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = {}
+    for spec in project["dependencies"] + [s for extra in project["optional-dependencies"].values()
+                                           for s in extra]:
+        wanted[_requirement_name(spec)] = re.sub(r"\s|\[.*\]", "", spec)
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    conda_to_pypi = {"pytorch": "torch"}
+    have = {}
+    for spec in conda:
+        name, _, bound = spec.partition(" ")
+        name = conda_to_pypi.get(name, name)
+        if name not in ("python", "pip", "pytorch-gpu"):
+            bound = bound.replace(" ", "")
+            have[name] = name + ("=" + bound if re.match(r"=[^=]", bound) else bound)  # conda =X is ==X
+    for spec in pip:
+        if spec != "-e .":
+            have[_requirement_name(spec)] = re.sub(r"\s|\[.*\]", "", spec)
+    assert "-e ." in pip
+    assert have == wanted
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end (minutes: run with `pytest -m slow`)
+
+
+@pytest.mark.slow
+def test_default_workflow_runs_end_to_end(tmp_path):
+    proc = snakemake(tmp_path, "--cores", "2", timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    md = (tmp_path / "results/tables/table1.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| synthetic |")]
+    assert [r.split("|")[2].strip() for r in rows] == REGISTRY_NAMES
+    for row in rows:
+        ppl = row.split("|")[3].strip().strip("*")
+        assert re.fullmatch(r"\d+\.\d+", ppl), row
+    assert (tmp_path / "results/benchmarks/train/synthetic/della/seed0.jsonl").is_file()

@@ -1,0 +1,133 @@
+# Config validation, wildcard constraints and every input/params function the rules use.
+import os
+import re
+import shlex
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from della.config import resolve_run_config
+
+# Fills in the schema's defaults; rejects unknown keys and registry names, naming the key.
+validate(config, schema="../schemas/config.schema.yaml")
+
+DATASETS = list(config["datasets"])
+MODELS = list(config["models"])
+SEEDS = [int(s) for s in config["seeds"]]
+RUN_DIR = "results/runs/{dataset}/{model}/seed{seed}"
+
+# Build every run config now, so a bad override fails at DAG build and names its key.
+for _dataset in DATASETS:
+    for _model in MODELS:
+        resolve_run_config(config, _dataset, _model, SEEDS[0])
+
+
+wildcard_constraints:
+    dataset="|".join(map(re.escape, DATASETS)),
+    model="|".join(map(re.escape, MODELS)),
+    seed=r"\d+",
+
+
+def dataset_config(wildcards):
+    return config["datasets"][wildcards.dataset]
+
+
+def dataset_path(ds):
+    """A dir/hf `path`: a relative directory is taken relative to the repository root.
+
+    Returned relative to the working directory when it is relative in config, so the rule's
+    params (a rerun trigger) do not change when the repository is moved.
+    """
+    local = REPO / ds["path"]
+    if ds["source"] == "hf" and not local.exists():
+        return ds["path"]  # a Hugging Face dataset id
+    return ds["path"] if Path(ds["path"]).is_absolute() else os.path.relpath(local)
+
+
+def prepare_inputs(wildcards):
+    """The corpus files of a dir source, so that editing them reruns prepare_data."""
+    ds = dataset_config(wildcards)
+    if ds["source"] != "dir":
+        return []
+    return [f"{dataset_path(ds)}/{split}.txt" for split in ("train", "valid", "test")]
+
+
+def prepare_args(wildcards):
+    ds = dataset_config(wildcards)
+    args = ["--source", ds["source"]]
+    if ds["source"] == "synthetic":
+        args += ["--seed", ds["seed"]]
+        for split in ("train", "valid", "test"):
+            args += [f"--n-{split}", ds["sizes"][split]]
+    else:
+        args += ["--path", dataset_path(ds)]
+    if ds["source"] == "hf":
+        args += ["--text-field", ds["text_field"]]
+        if ds["hf_config"]:
+            args += ["--hf-config", ds["hf_config"]]
+    for key in ("max_train_lines", "max_eval_lines"):
+        if ds[key] is not None:
+            args += [f"--{key.replace('_', '-')}", ds[key]]
+    return shlex.join(map(str, args))
+
+
+def tokenizer_args(wildcards):
+    tok = dataset_config(wildcards)["tokenizer"]
+    if tok["pretrained"]:
+        return shlex.join(["--pretrained", tok["pretrained"]])
+    return f"--vocab-size {tok['vocab_size']}"
+
+
+def run_config(wildcards):
+    """The resolved run config (della.config.resolve_run_config): the only place it is built."""
+    return resolve_run_config(config, wildcards.dataset, wildcards.model, int(wildcards.seed))
+
+
+def text_metrics(dataset):
+    ds = config["datasets"][dataset]
+    return config["text_metrics"] if ds["text_metrics"] is None else ds["text_metrics"]
+
+
+def text_metrics_arg(wildcards):
+    return ",".join(text_metrics(wildcards.dataset))
+
+
+def run_dir(wildcards, output):
+    """The run directory, from the rule's first output (which lies in it)."""
+    return str(Path(output[0]).parent)
+
+
+def rule_resources(rule_name):
+    """Scheduler resources of a rule, from config `resources`; optional strings only when set."""
+    return {k: v for k, v in config["resources"][rule_name].items() if v is not None}
+
+
+def rule_threads(rule_name):
+    """Snakemake threads = the rule's cpus_per_task, so local runs do not oversubscribe cores."""
+    return config["resources"][rule_name]["cpus_per_task"]
+
+
+def result_files():
+    """Every eval.json and (where text metrics are configured) metrics.json."""
+    files = expand(f"{RUN_DIR}/eval.json", dataset=DATASETS, model=MODELS, seed=SEEDS)
+    for dataset in DATASETS:
+        if text_metrics(dataset):
+            files += expand(f"{RUN_DIR}/metrics.json", dataset=dataset, model=MODELS, seed=SEEDS)
+    return files
+
+
+def final_outputs():
+    return [
+        "results/summary.csv",
+        *expand("results/tables/table1.{ext}", ext=["tex", "csv", "md"]),
+        *expand(f"{RUN_DIR}/samples.txt", dataset=DATASETS, model=MODELS, seed=SEEDS),
+    ]
+
+
+def write_run_config(run, path, log_path):
+    import yaml
+
+    from della.data.corpus import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(run, sort_keys=False))
+    atomic_write_text(log_path, f"wrote {path}\n")

@@ -1,0 +1,35 @@
+# Corpus -> results/data/{dataset}/ ; train.txt -> results/tokenizers/{dataset}/.
+# Both are local rules: they are cheap, and a Hugging Face dataset or pretrained tokenizer may
+# need the network, which a cluster's login node has and its compute nodes often do not.
+
+
+rule prepare_data:
+    input:
+        prepare_inputs,
+    output:
+        train="results/data/{dataset}/train.txt",
+        valid="results/data/{dataset}/valid.txt",
+        test="results/data/{dataset}/test.txt",
+        report="results/data/{dataset}/prepare.json",
+    params:
+        args=prepare_args,
+    log:
+        "logs/prepare_data/{dataset}.log",
+    localrule: True
+    shell:
+        "python -m della prepare-data {params.args} --out results/data/{wildcards.dataset} > {log} 2>&1"
+
+
+rule tokenizer:
+    input:
+        "results/data/{dataset}/train.txt",
+    output:
+        "results/tokenizers/{dataset}/tokenizer-info.json",
+    params:
+        args=tokenizer_args,
+    log:
+        "logs/tokenizer/{dataset}.log",
+    localrule: True
+    shell:
+        "python -m della tokenizer --data results/data/{wildcards.dataset} {params.args}"
+        " --out results/tokenizers/{wildcards.dataset} > {log} 2>&1"

@@ -1,0 +1,56 @@
+# From a trained run: representation metrics, samples, and text metrics on the samples.
+
+
+rule evaluate:
+    input:
+        run=f"{RUN_DIR}/run.json",
+        test="results/data/{dataset}/test.txt",
+    output:
+        f"{RUN_DIR}/eval.json",
+    params:
+        run_dir=run_dir,
+    log:
+        "logs/evaluate/{dataset}/{model}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{dataset}/{model}/seed{seed}.jsonl"
+    threads: rule_threads("evaluate")
+    resources:
+        **rule_resources("evaluate"),
+    shell:
+        "python -m della evaluate --run {params.run_dir} --split test --out {output} > {log} 2>&1"
+
+
+rule generate:
+    input:
+        f"{RUN_DIR}/run.json",
+    output:
+        f"{RUN_DIR}/samples.txt",
+    params:
+        run_dir=run_dir,
+    log:
+        "logs/generate/{dataset}/{model}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/generate/{dataset}/{model}/seed{seed}.jsonl"
+    threads: rule_threads("generate")
+    resources:
+        **rule_resources("generate"),
+    shell:
+        "python -m della generate --run {params.run_dir} --out {output} > {log} 2>&1"
+
+
+rule text_metrics:
+    input:
+        samples=f"{RUN_DIR}/samples.txt",
+        references="results/data/{dataset}/test.txt",
+    output:
+        f"{RUN_DIR}/metrics.json",
+    params:
+        metrics=text_metrics_arg,
+    log:
+        "logs/text_metrics/{dataset}/{model}/seed{seed}.log",
+    threads: rule_threads("text_metrics")
+    resources:
+        **rule_resources("text_metrics"),
+    shell:
+        "python -m metrics compute --samples {input.samples} --references {input.references}"
+        " --metrics {params.metrics} --out {output} > {log} 2>&1"
