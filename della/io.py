@@ -1,12 +1,15 @@
-"""Atomic writes: a file is either complete or absent, even if the process dies mid-write."""
+"""Atomic writes: a file (or directory) is either complete or absent, even if the process dies
+mid-write, so Snakemake and a resumed run never see half an output."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -18,14 +21,42 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, write)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_lines(path: str | Path, lines: Iterable[str]) -> None:
+    """One example per line, atomically; each line must hold no line break."""
+    atomic_write_text(path, "".join(f"{line}\n" for line in lines))
+
+
+def replace_dir(tmp_dir: str | Path, out_dir: str | Path) -> None:
+    """Move a fully written `tmp_dir` to `out_dir`, replacing whatever was there."""
+    tmp_dir, out_dir = Path(tmp_dir), Path(out_dir)
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp_dir, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def md5sum(path: str | Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

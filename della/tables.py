@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from della.data.corpus import atomic_write_text
+from della.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from della.cli import main as della_cli
 from della.config import BackboneConfig
 from della.models import Vocab, build_model
 
@@ -40,3 +41,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent (the benchmark data lives beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A tiny prepared synthetic corpus (96/24/24 sentences) and its trained BPE tokenizer."""
+    root = tmp_path_factory.mktemp("corpus")
+    della_cli(["prepare-data", "--source", "synthetic", "--n-train", "96", "--n-valid", "24", "--n-test", "24",
+               "--out", str(root / "data")])
+    della_cli(["tokenizer", "--data", str(root / "data"), "--vocab-size", "300", "--out", str(root / "tok")])
+    return root

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from della.cli import main
-from della.data.corpus import md5sum, read_attributes, read_lines, scan_lines
+from della.data.corpus import read_attributes, read_lines, scan_lines
+from della.io import md5sum
 from della.data.prepare import add_arguments, run
 
 GOOD = {"train": "a b c\nd e f\ng h\n", "valid": "v one\nv two\n", "test": "t one\nt two\nt three\n"}

@@ -10,8 +10,6 @@ import sys
 import pytest
 import yaml
 
-from tests.test_train import corpus  # noqa: F401  (module fixture: a tiny prepared corpus)
-
 
 def _config(corpus, path, model, batch_size):
     path.write_text(yaml.safe_dump({
@@ -31,7 +29,7 @@ def _losses(run):
 
 
 @pytest.mark.parametrize("model, tolerance", [("gpt2", 1e-5), ("della", 0.05)])
-def test_two_gloo_processes_match_one_process_with_the_doubled_batch(corpus, tmp_path, model, tolerance):  # noqa: F811
+def test_two_gloo_processes_match_one_process_with_the_doubled_batch(corpus, tmp_path, model, tolerance):
     """gpt2 has no sampling, so the two runs agree to float precision; DELLA's posterior noise
     differs per rank (each rank draws its own), so it agrees within 5% relative."""
     ddp_cfg = _config(corpus, tmp_path / "ddp.yaml", model, 8)

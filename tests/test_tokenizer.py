@@ -9,7 +9,7 @@ import pytest
 
 from della.cli import main
 from della.data import synthetic
-from della.data.corpus import write_lines
+from della.io import write_lines
 from della.data.tokenizer import load_tokenizer
 
 SENTENCES = ["The coach praised the thrilling final.", "My sister will find the old town lovely."]

@@ -8,18 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from della.cli import main as della_cli
 from della.config import RunConfig, TrainConfig
 from della.train import BetaSchedule, Trainer, train
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    della_cli(["prepare-data", "--source", "synthetic", "--n-train", "96", "--n-valid", "24", "--n-test", "24",
-               "--out", str(root / "data")])
-    della_cli(["tokenizer", "--data", str(root / "data"), "--vocab-size", "300", "--out", str(root / "tok")])
-    return root
 
 
 def run_config(corpus: Path, model: str = "della", **train) -> RunConfig:

@@ -9,14 +9,11 @@ and, where it applies, the line number (1-based), so `python -m della` can print
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -132,53 +129,3 @@ def read_attributes(path: str | Path, n_lines: int | None = None) -> list[dict[s
     if n_lines is not None and len(records) != n_lines:
         raise ValueError(f"{path}: {len(records)} attribute records for {n_lines} text lines")
     return records
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writes: a reader (or Snakemake) sees a complete file or none.
-
-
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` via a temporary sibling and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_lines(path: str | Path, lines: Iterable[str]) -> None:
-    """Write one example per line (atomically); each line must be clean (see `clean_text`)."""
-    atomic_write_text(path, "".join(f"{line}\n" for line in lines))
-
-
-def replace_dir(tmp_dir: str | Path, out_dir: str | Path) -> None:
-    """Move a fully written `tmp_dir` to `out_dir`, replacing whatever was there."""
-    tmp_dir, out_dir = Path(tmp_dir), Path(out_dir)
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp_dir, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def md5sum(path: str | Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

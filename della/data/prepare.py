@@ -23,7 +23,8 @@ from typing import Any
 
 import della
 from della.data import synthetic
-from della.data.corpus import LineScan, atomic_write_json, md5sum, scan_lines, write_lines
+from della.data.corpus import LineScan, scan_lines
+from della.io import atomic_write_json, md5sum, write_lines
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from typing import Any, Sequence
 
 from tokenizers import Tokenizer as _HFTokenizer
 
-from della.data.corpus import atomic_write_json, md5sum, read_lines, replace_dir
+from della.data.corpus import read_lines
+from della.io import atomic_write_json, md5sum, replace_dir
 
 log = logging.getLogger(__name__)
 

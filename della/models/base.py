@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2Model
 
 from della.config import BackboneConfig
+from della.io import replace_dir
 from della.models.backbone import Backbone, Injection, KVCache
 from della.registry import Registry
 
@@ -176,13 +176,7 @@ class LatentModel(nn.Module):
                 "gpt2_config": self.backbone.gpt2.config.to_dict(), "vocab": dataclasses.asdict(self.vocab)}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
         torch.save(self.state_dict(), tmp / "model.pt")
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            _rmtree(old)
-        else:
-            os.replace(tmp, directory)
+        replace_dir(tmp, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "LatentModel":
@@ -209,8 +203,3 @@ def build_model(name: str, model_args: dict[str, Any], vocab: Vocab,
         backbone = Backbone.build(backbone_config or BackboneConfig(), vocab.size, bos_token_id=vocab.bos_id,
                                   eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id)
     return cls(config, backbone, vocab)
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)

@@ -127,7 +127,7 @@ def final_outputs():
 def write_run_config(run, path, log_path):
     import yaml
 
-    from della.data.corpus import atomic_write_text
+    from della.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(run, sort_keys=False))
     atomic_write_text(log_path, f"wrote {path}\n")

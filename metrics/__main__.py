@@ -1,0 +1,82 @@
+"""`python -m metrics compute|list`: compute generation metrics into a metrics JSON.
+
+Every MetricOptions field is a flag (`bleu_order` -> `--bleu-order`; booleans also take
+`--no-...`; orders as `1,2,3,4`). Exit status 2 on bad input (the message names file and line);
+a model-based metric that fails is recorded with value null and its error, and the run succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from metrics import registry
+from metrics.compute import compute, write_json
+from metrics.options import MetricOptions
+
+
+def _orders(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated orders like 1,2,3,4, got {text!r}")
+
+
+def _add_option_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("metric options (defaults in brackets)")
+    for field in dataclasses.fields(MetricOptions):
+        flag = "--" + field.name.replace("_", "-")
+        help_text = f"{field.metadata['help']} [{field.default!r}]".replace("%", "%%")
+        if isinstance(field.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                               help=help_text)
+        else:
+            kind = _orders if isinstance(field.default, tuple) else type(field.default)
+            group.add_argument(flag, type=kind, default=field.default, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m metrics", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("compute", help="compute metrics and write the metrics JSON")
+    run.add_argument("--samples", required=True, help="generated texts, one per line (or .jsonl)")
+    run.add_argument("--references", help="reference (test) texts or targets, one per line or .jsonl")
+    run.add_argument("--sources", help="conditional inputs aligned with the samples (or .jsonl)")
+    run.add_argument("--metrics", required=True,
+                     help=f"comma-separated registry names: {','.join(registry.names())}")
+    run.add_argument("--out", required=True, help="metrics JSON to write (atomically)")
+    _add_option_flags(run)
+    sub.add_parser("list", help="list the registered metrics")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing notes
+    args = build_parser().parse_args(argv)
+    if args.command == "list":
+        for name in registry.names():
+            spec = registry.get(name)
+            arrow = "higher" if spec.higher_is_better else "lower"
+            print(f"{name:10s} {arrow} is better  x{spec.display_scale:g}  keys: "
+                  f"{','.join(spec.result_keys)}")
+        return 0
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(MetricOptions)}
+    names = [n.strip() for n in args.metrics.split(",") if n.strip()]
+    try:
+        document = compute(names, args.samples, args.references, args.sources, **options)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        logging.getLogger("metrics").error("%s", err.args[0] if isinstance(err, KeyError) else err)
+        return 2
+    write_json(document, args.out)
+    for key, entry in document["metrics"].items():
+        value = entry["value"]
+        shown = "null" if value is None else f"{value * entry['display_scale']:.{entry['decimals']}f}"
+        print(f"{entry['label']:10s} {shown:>8s}  {entry['signature']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""BERTScore (Zhang et al. 2020) with the bert-score package, on an offline model by default."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+from metrics.base import MetricUndefined, Score
+from metrics.encoders import MINILM, resolve_encoder
+from metrics.registry import register_metric
+
+MINILM_LAYERS = 6  # the last of MiniLM's 6 layers; no tuned layer exists (unconfirmed)
+CHUNK = 1000  # pairs per bert-score call; the IDF (if on) is computed once from all targets
+
+
+def build_scorer(opts, idf_sents: list[str] | None):
+    """(bert_score.BERTScorer, layer) for the configured model, loaded offline."""
+    import bert_score
+
+    name = opts.bertscore_model_name
+    layers = opts.bertscore_num_layers or (MINILM_LAYERS if name == MINILM
+                                           else bert_score.utils.model2layers.get(name))
+    if layers is None:
+        raise MetricUndefined(f"bert-score has no default layer for {name!r}; set "
+                              "bertscore_num_layers")
+    baseline = None
+    if opts.bertscore_rescale:  # looked up by model name: the model is passed as a local path
+        baseline = Path(bert_score.__file__).parent / "rescale_baseline" / "en" / f"{name}.tsv"
+        if not baseline.is_file():
+            raise MetricUndefined(f"bert-score ships no English baseline for {name!r}")
+    scorer = bert_score.BERTScorer(
+        model_type=resolve_encoder(name, opts.allow_download), num_layers=layers,
+        idf=opts.bertscore_idf, idf_sents=idf_sents if opts.bertscore_idf else None,
+        batch_size=opts.batch_size, device=opts.device,
+        lang="en" if opts.bertscore_rescale else None, rescale_with_baseline=opts.bertscore_rescale,
+        baseline_path=str(baseline) if baseline else None)
+    return scorer, layers
+
+
+@register_metric("bertscore", label="BERTScore", higher_is_better=True, display_scale=100,
+                 decimals=2, version="1", needs="pairs", model_based=True)
+def bertscore(ctx) -> dict[str, Score]:
+    """Mean BERTScore F1 of each sample against its target (P and R in details).
+
+    bert-score's `BERTScorer(model_type, num_layers, idf=False, rescale_with_baseline=False)
+    .score(samples, targets)`, which `bert_score.score` also runs: greedy cosine matching of the
+    token embeddings of layer `num_layers`. Default model: the offline MiniLM (layer 6, its
+    last); the paper's roberta-large (layer 17 from bert-score's table) with `encoders=paper`.
+    A pair with an empty sample or target scores 0, the value bert-score itself documents for
+    empty strings (it cannot encode them with transformers 5); such pairs are counted.
+    """
+    opts = ctx.options
+    pairs = [i for i, (s, r) in enumerate(zip(ctx.samples.texts, ctx.references.texts)) if s and r]
+    if not pairs:
+        raise MetricUndefined("BERTScore: every pair has an empty sample or target")
+    cands = [ctx.samples.texts[i] for i in pairs]
+    refs = [ctx.references.texts[i] for i in pairs]
+    scorer, layers = build_scorer(opts, idf_sents=refs)
+    chunks = []  # bert-score holds all embeddings of one call in memory: score in chunks
+    for start in range(0, len(pairs), CHUNK):
+        p, r, f = scorer.score(cands[start:start + CHUNK], refs[start:start + CHUNK],
+                               batch_size=opts.batch_size)
+        chunks.append(np.stack([p.numpy(), r.numpy(), f.numpy()], axis=1))
+    scores = np.zeros((len(ctx.samples), 3))
+    scores[pairs] = np.concatenate(chunks)
+    name = opts.bertscore_model_name
+    signature = {"model": name, "layer": layers, "idf": "yes" if opts.bertscore_idf else "no",
+                 "rescale": "yes" if opts.bertscore_rescale else "no", "agg": "mean-F1",
+                 "empty": opts.empty, "bert-score": version("bert-score")}
+    details = {"precision": float(scores[:, 0].mean()), "recall": float(scores[:, 1].mean()),
+               "model_path": scorer.model_type, "hash": scorer.hash, "n_pairs": len(scores),
+               "n_empty_pairs_scored_0": len(scores) - len(pairs)}
+    if name == MINILM:
+        details["unconfirmed"] = ["MiniLM layer 6 (no tuned layer); not comparable with the "
+                                  "paper's roberta-large numbers"]
+    return {"bertscore": Score(float(scores[:, 2].mean()), signature, details)}

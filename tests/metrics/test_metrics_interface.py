@@ -1,0 +1,151 @@
+"""Input hygiene, the CLI, the JSON contract, the registry and a local GPT-2-style encoder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import metrics
+from metrics import registry
+from metrics.inputs import InputError
+from metrics.registry import register_metric
+
+CONTRACT_KEYS = {"value", "higher_is_better", "label", "display_scale", "decimals", "signature",
+                 "details"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metrics", *args], capture_output=True, text=True)
+
+
+def write(path, text: str | bytes):
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return str(path)
+
+
+def test_cli_writes_the_metrics_json_contract(tmp_path, shared_lines):
+    samples = write(tmp_path / "s.txt", "\n".join(shared_lines("ptb", "valid", 200)) + "\n")
+    refs = write(tmp_path / "r.txt", "\n".join(shared_lines("ptb", "test", 300)) + "\n")
+    out = tmp_path / "out" / "metrics.json"
+    result = run_cli("compute", "--samples", samples, "--references", refs, "--out", str(out),
+                     "--metrics", "bleu,self_bleu,dist,js,cnd", "--dist-orders", "1,2")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "metrics"
+    assert set(doc["metrics"]) == {"bleu", "self_bleu", "dist", "dist1", "dist2", "js", "js2",
+                                   "cnd"}
+    for key, entry in doc["metrics"].items():
+        assert CONTRACT_KEYS <= set(entry), key
+        assert isinstance(entry["value"], float) and "error" not in entry
+        assert entry["higher_is_better"] == registry.get(key).higher_is_better
+        assert "tok:whitespace" in entry["signature"] and "version:" in entry["signature"]
+        assert entry["details"]["recipe"]
+    assert doc["metrics"]["self_bleu"]["label"] == "SB"
+    assert doc["metrics"]["self_bleu"]["higher_is_better"] is False
+    assert doc["inputs"]["samples"] == samples and doc["inputs"]["n_samples"] == 200
+    assert doc["inputs"]["n_references"] == 300 and doc["inputs"]["task"] == "unconditional"
+    assert "sacrebleu" in doc["versions"] and not list(out.parent.glob(".*.tmp"))
+
+
+def test_cli_reads_jsonl_targets_with_newlines_and_pairs_them(tmp_path):
+    rows = [{"source": "p1", "target": "a b\nc d"}, {"source": "p2", "target": "e f"}]
+    refs = write(tmp_path / "t.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    samples = write(tmp_path / "s.jsonl", '"a b c d"\n{"text": "e f"}\n')
+    out = tmp_path / "m.json"
+    result = run_cli("compute", "--samples", samples, "--references", refs, "--sources", refs,
+                     "--metrics", "rouge", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(out.read_text())
+    assert doc["inputs"]["task"] == "conditional"
+    assert doc["metrics"]["rouge1"]["value"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "no non-empty line"),
+    (b"\n\n", "no non-empty line"),
+    (b"fine\nbad \xff byte\n", "s.txt:2: not valid UTF-8"),
+])
+def test_cli_rejects_bad_sample_files_naming_file_and_line(tmp_path, content, message):
+    samples = write(tmp_path / "s.txt", content)
+    result = run_cli("compute", "--samples", samples, "--metrics", "dist", "--out",
+                     str(tmp_path / "m.json"))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_paired_inputs_need_equal_counts():
+    with pytest.raises(InputError, match="has 2 lines but <references argument> has 1"):
+        metrics.compute(["rouge"], ["a", "b"], references=["a"])
+    with pytest.raises(InputError, match="has 2 lines but <sources argument> has 1"):
+        metrics.compute(["dist"], ["a", "b"], sources=["x"], task="unconditional")
+    unpaired = metrics.compute(["bleu"], ["a b", "c"], references=["a b"])  # unconditional: fine
+    assert unpaired["inputs"]["n_references"] == 1
+
+
+def test_unknown_metric_and_option_give_suggestions():
+    with pytest.raises(KeyError, match="Did you mean 'bleu'"):
+        metrics.compute(["bleuu"], ["a b"])
+    with pytest.raises(ValueError, match="valid options"):
+        metrics.compute(["dist"], ["a b"], bleu_orderr=3)
+    with pytest.raises(ValueError, match="tokenizer"):
+        metrics.compute(["dist"], ["a b"], tokenizer="spacy")
+
+
+@pytest.mark.parametrize("policy,n_samples,n_dropped", [("keep", 4, 0), ("drop", 3, 1)])
+def test_empty_lines_are_counted_under_keep_and_drop(policy, n_samples, n_dropped):
+    doc = metrics.compute(["self_bleu", "dist"], ["a b c", "", "a b d", "x y"], empty=policy)
+    assert doc["inputs"]["n_samples"] == n_samples
+    assert doc["inputs"]["n_empty_samples"] == 1 and doc["inputs"]["n_dropped_samples"] == n_dropped
+    assert f"empty:{policy}" in doc["metrics"]["self_bleu"]["signature"]
+    assert doc["metrics"]["dist1"]["details"]["total"] == 8
+
+
+def test_drop_removes_whole_pairs_and_error_names_the_line():
+    doc = metrics.compute(["rouge"], ["a b", "c", "d"], references=["a b", "", "d"], empty="drop")
+    assert doc["inputs"]["n_samples"] == doc["inputs"]["n_references"] == 2
+    assert doc["metrics"]["rouge1"]["value"] == pytest.approx(1.0)
+    with pytest.raises(InputError, match=r"<references argument>:2: empty line"):
+        metrics.compute(["rouge"], ["a b", "c"], references=["a b", ""], empty="error")
+
+
+def test_registry_declares_direction_once_and_rejects_duplicates():
+    assert registry.get("rouge2").label == "R-2" and registry.get("rouge2").metric == "rouge"
+    assert registry.get("cnd").higher_is_better is False
+    assert registry.get("bleu").display_scale == 100 and registry.get("mauve").display_scale == 1
+    assert set(registry.names()) == {"bleu", "self_bleu", "dist", "js", "cnd", "mauve", "rouge",
+                                     "bertscore"}
+    with pytest.raises(ValueError, match="already registered"):
+        register_metric("bleu", label="B", higher_is_better=True, display_scale=1, decimals=2,
+                        version="1", needs="samples")(lambda ctx: {})
+
+
+def test_tokenizers_keep_pretokenised_text_unless_asked(shared_lines):
+    text = "the <unk> company 's N shares did n't rise"
+    default = metrics.compute(["dist"], [text], dist_orders=(1,))["metrics"]["dist1"]
+    split13a = metrics.compute(["dist"], [text], dist_orders=(1,), tokenizer="13a")
+    assert default["details"]["total"] == 9
+    assert split13a["metrics"]["dist1"]["details"]["total"] == 11  # < unk >
+    assert "tok:13a" in split13a["metrics"]["dist1"]["signature"]
+
+
+def test_mauve_runs_on_a_local_causal_lm_directory(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
+
+    words = "<unk> <eos> a b c d e f g h".split()
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, "<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    model_dir = tmp_path / "tiny-gpt2"
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
+                            eos_token="<eos>").save_pretrained(model_dir)
+    GPT2Model(GPT2Config(vocab_size=len(words), n_positions=16, n_embd=16, n_layer=1,
+                         n_head=2)).save_pretrained(model_dir)
+    texts = ["a b c", "d e", "f g h a", "b b b", "c a", "h g f e d"] * 3
+    entry = metrics.compute(["mauve"], texts, references=texts[::-1], mauve_encoder=str(model_dir),
+                            mauve_num_buckets=2)["metrics"]["mauve"]
+    assert entry["value"] is not None and 0 < entry["value"] <= 1, entry.get("error")
+    assert entry["details"]["model_type"] == "gpt2" and entry["details"]["max_length"] == 16

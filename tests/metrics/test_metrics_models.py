@@ -1,0 +1,85 @@
+"""ROUGE against rouge-score; MAUVE and BERTScore known values on the offline MiniLM."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import metrics
+
+
+@pytest.mark.parametrize("stemmer,rouge_l", [(False, "rougeL"), (True, "rougeLsum")])
+def test_rouge_equals_rouge_score(shared_lines, stemmer, rouge_l):
+    from rouge_score.rouge_scorer import RougeScorer
+
+    pairs = shared_lines("cnndm", "test", 20) + shared_lines("quora", "test", 100)
+    sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
+    doc = metrics.compute(["rouge"], sources, references=targets, rouge_stemmer=stemmer,
+                          rouge_l=rouge_l)["metrics"]
+    scorer = RougeScorer(["rouge1", "rouge2", rouge_l], use_stemmer=stemmer)
+    scores = [scorer.score(t, s) for s, t in zip(sources, targets)]
+    for key, rouge_type in (("rouge1", "rouge1"), ("rouge2", "rouge2"), ("rougeL", rouge_l)):
+        expected = np.mean([s[rouge_type].fmeasure for s in scores])
+        assert doc[key]["value"] == pytest.approx(expected, abs=1e-12)
+        assert f"type:{rouge_type}" in doc[key]["signature"]
+
+
+@pytest.fixture(scope="module")
+def snli_300():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "snli" / "test.txt"
+    if not path.is_file():
+        pytest.skip(f"shared data not available at {path}")
+    return [line.strip() for line in path.read_text(encoding="utf-8").split("\n")[:300]]
+
+
+def test_mauve_of_a_set_against_itself_is_one_and_word_shuffling_lowers_it(snli_300):
+    rng = random.Random(0)
+    shuffled = [" ".join(rng.sample(t.split(), len(t.split()))) for t in snli_300]
+    same = metrics.compute(["mauve"], snli_300, references=snli_300)["metrics"]["mauve"]
+    worse = metrics.compute(["mauve"], shuffled, references=snli_300)["metrics"]["mauve"]
+    assert same["value"] == pytest.approx(1.0, abs=1e-6)
+    assert worse["value"] < 0.8
+    assert "encoder:minilm" in same["signature"] and "seed:25" in same["signature"]
+    assert same["details"]["num_buckets"] == 30  # mauve-text's auto rule: 300 / 10
+
+
+def test_bertscore_of_identical_strings_is_one_and_empty_pairs_score_zero():
+    texts = ["a man is playing a guitar on stage .", "two dogs run through the snow", "hello"]
+    doc = metrics.compute(["bertscore"], texts + [""], references=texts + ["not empty"])
+    entry = doc["metrics"]["bertscore"]
+    assert entry["value"] == pytest.approx(3 / 4, abs=1e-5)  # three identical pairs, one empty
+    assert entry["details"]["n_empty_pairs_scored_0"] == 1
+    assert "model:minilm" in entry["signature"] and "layer:6" in entry["signature"]
+    assert entry["label"] == "BERTScore" and entry["display_scale"] == 100
+
+
+@pytest.mark.parametrize("idf", [False, True])
+def test_chunked_bertscore_equals_bert_score_in_one_call(shared_lines, monkeypatch, idf):
+    import bert_score
+
+    import metrics.bertscore
+    from metrics.encoders import resolve_encoder
+
+    pairs = shared_lines("quora", "test", 30)
+    sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
+    monkeypatch.setattr(metrics.bertscore, "CHUNK", 7)
+    entry = metrics.compute(["bertscore"], sources, references=targets,
+                            bertscore_idf=idf)["metrics"]["bertscore"]
+    p, r, f = bert_score.score(sources, targets, model_type=resolve_encoder("minilm"),
+                               num_layers=6, idf=idf)
+    assert entry["value"] == pytest.approx(float(f.double().mean()), abs=1e-6)
+    assert entry["details"]["recall"] == pytest.approx(float(r.double().mean()), abs=1e-6)
+
+
+def test_a_missing_encoder_is_recorded_and_other_metrics_still_run(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    doc = metrics.compute(["bertscore", "mauve", "rouge"], ["a b c", "d e f"],
+                          references=["a b c", "d e g"], mauve_encoder=missing,
+                          bertscore_model=missing, bertscore_num_layers=2)["metrics"]
+    for key in ("bertscore", "mauve"):
+        assert doc[key]["value"] is None and doc[key]["error"]
+    assert doc["rouge1"]["value"] == pytest.approx((1 + 2 / 3) / 2)
