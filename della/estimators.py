@@ -43,7 +43,7 @@ def reconstruction_nll(model: LatentModel, ids: torch.Tensor, mask: torch.Tensor
 
 
 def iw_batch(model: LatentModel, ids: torch.Tensor, mask: torch.Tensor, k: int,
-             max_rows: int = 512) -> BatchEstimates:
+             max_rows: int = 128) -> BatchEstimates:
     """log p(x) ≈ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K, z_k ~ q(z|x).
     The encoder runs once per sentence; only the tiny latent heads run per sample."""
     features = model.encode(ids, mask)

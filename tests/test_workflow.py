@@ -45,8 +45,8 @@ def write_config(tmp_path: Path, cfg: dict) -> Path:
     return path
 
 
-PLAN = {"prepare_data": 1, "tokenizer": 1, "run_config": 5, "train": 5, "evaluate": 5, "generate": 5,
-        "text_metrics": 5, "aggregate": 1, "table1": 1}
+PLAN = {"prepare_data": 1, "tokenizer": 1, "run_config": 6, "train": 6, "evaluate": 6, "generate": 6,
+        "text_metrics": 6, "aggregate": 1, "table1": 1}
 
 
 def test_dry_run_of_the_embedded_default_plans_every_rule(tmp_path):
@@ -89,7 +89,7 @@ def test_a_configfile_replaces_the_default_and_empty_text_metrics_drop_the_step(
 def test_ptb_config_plans_ptb_only(shared_data, tmp_path):
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(REPO / "config" / "ptb.yaml"))
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert job_stats(proc.stdout)["train"] == 5
+    assert job_stats(proc.stdout)["train"] == 6
     assert "--source dir --path" in proc.stdout and "shared/data/ptb --max-train-lines 2000" in proc.stdout
     assert "results/data/synthetic" not in proc.stdout
 
@@ -123,7 +123,7 @@ def validated(cfg: dict) -> dict:
 
 def test_default_config_validates_and_every_run_config_resolves():
     cfg = validated(DEFAULT_CONFIG)
-    assert list(cfg["models"]) == REGISTRY_NAMES
+    assert list(cfg["models"]) == [*REGISTRY_NAMES, "della-official"]
     for dataset in cfg["datasets"]:
         for model in cfg["models"]:
             run = della_config.resolve_run_config(cfg, dataset, model, 0)

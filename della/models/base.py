@@ -137,9 +137,11 @@ class LatentModel(nn.Module):
 
     def token_nll(self, input_ids: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """-log p(x | z) per sentence (N,), summed over the predicted tokens (all but <s>)."""
-        logits, _ = self.decode(input_ids, z)
-        ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
-        return (ce * mask[:, 1:]).sum(1)
+        out = self.backbone(input_ids, causal=True, inject=self.injection(z))
+        logits = self.output_logits(out.hidden[:, :-1], z)  # the last position predicts nothing
+        N, T, V = logits.shape
+        ce = F.cross_entropy(logits.reshape(N * T, V), input_ids[:, 1:].reshape(N * T), reduction="none")
+        return (ce.view(N, T) * mask[:, 1:]).sum(1)
 
     # --- training objective --------------------------------------------------------------------
     def aggregate_kl(self, kl: torch.Tensor) -> torch.Tensor:
