@@ -5,7 +5,7 @@ sequence length 32, latent 32. Models are timed round-robin in one process (so d
 alike) and the median step is reported. The FLOP floor of a VAE step is one encoder pass without
 the LM head plus one decoder pass: VAE/LM >= 1 + body / (body + head).
 
-    python benchmarks/train_speed.py [--sizes a,b] [--steps 12] [--threads 2]
+    python benchmarks/train_speed.py [--sizes a,b] [--steps 12] [--threads 2] [--device cuda]
 """
 
 from __future__ import annotations
@@ -34,31 +34,34 @@ def flop_floor(n_layer: int, d: int, vocab: int, seq: int) -> float:
     return 1 + body / (body + head)
 
 
-def make_step(name: str, size: dict):
+def make_step(name: str, size: dict, device: torch.device):
     torch.manual_seed(0)
     vocab = Vocab(size=size["vocab"], bos_id=1, eos_id=2, pad_id=0)
     backbone = BackboneConfig(n_layer=size["n_layer"], n_embd=size["n_embd"], n_head=size["n_head"],
                               n_positions=64, dropout=0.1)
     args = {} if name == "gpt2" else {"latent_size": LATENT}
-    model = build_model(name, args, vocab, backbone_config=backbone).train()
+    model = build_model(name, args, vocab, backbone_config=backbone).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = torch.randint(3, size["vocab"], (size["batch"], SEQ))
+    ids = torch.randint(3, size["vocab"], (size["batch"], SEQ), device=device)
     ids[:, 0] = vocab.bos_id
-    mask = torch.ones(size["batch"], SEQ)
+    mask = torch.ones(size["batch"], SEQ, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step() -> float:
+        sync()
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         model.loss(ids, mask, beta=1.0).loss.backward()
         opt.step()
+        sync()
         return time.perf_counter() - start
 
     return step, sum(p.numel() for p in model.parameters())
 
 
-def bench(size_name: str, steps: int, warmup: int = 2) -> None:
+def bench(size_name: str, steps: int, device: torch.device, warmup: int = 2) -> None:
     size = SIZES[size_name]
-    runs = {name: make_step(name, size) for name in MODELS}
+    runs = {name: make_step(name, size, device) for name in MODELS}
     times = {name: [] for name in MODELS}
     for _ in range(warmup):
         for name in MODELS:
@@ -85,11 +88,13 @@ def main() -> None:
     p.add_argument("--sizes", default="a,b")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads")
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, {device}, {args.threads} threads")
     for s in args.sizes.split(","):
-        bench(s, args.steps)
+        bench(s, args.steps, device)
 
 
 if __name__ == "__main__":

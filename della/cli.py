@@ -17,8 +17,11 @@ COMMANDS = {
     "train": ("della.train", "train one model (resumes from its last checkpoint)"),
     "evaluate": ("della.evaluate", "IW-PPL, ELBO, KL, MI, AU (+ attribute probe) -> eval.json"),
     "generate": ("della.generate", "sample text from a trained model -> samples.txt"),
-    "aggregate": ("della.tables", "collect eval/metrics JSON into a long CSV"),
-    "table": ("della.tables", "render a paper table as LaTeX, CSV and Markdown"),
+    "aggregate": ("della.tables", "collect eval/metrics JSON (or run.json + benchmarks) into a long CSV"),
+    "table": ("della.tables", "render a paper table as LaTeX, CSV, Markdown and HTML"),
+    "curves": ("della.report", "learning curves of a run (CE, KL per latent group, beta) -> SVG/PNG"),
+    "samples-page": ("della.report", "the first generated samples of a run and their settings -> HTML"),
+    "provenance": ("della.report", "config, seed, versions, git commit and device of every run -> HTML"),
 }
 
 

@@ -1,5 +1,6 @@
 """Atomic writes: a file (or directory) is either complete or absent, even if the process dies
-mid-write, so Snakemake and a resumed run never see half an output."""
+mid-write, so Snakemake and a resumed run never see half an output. And JSON / JSON-lines reads
+whose errors name the file (and line)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,28 @@ def md5sum(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    """One JSON value per non-empty line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as err:
+                raise ValueError(f"{path}:{n}: not valid JSON: {err}") from None
+    return records

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics", required=True,
                      help=f"comma-separated registry names: {','.join(registry.names())}")
     run.add_argument("--out", required=True, help="metrics JSON to write (atomically)")
+    run.add_argument("--threads", type=int, default=0,
+                     help="torch threads of the encoders (0: torch's default); fixing it makes MAUVE "
+                          "and BERTScore reproduce bit for bit across executors")
     _add_option_flags(run)
     sub.add_parser("list", help="list the registered metrics")
     return parser
@@ -65,8 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(MetricOptions)}
     names = [n.strip() for n in args.metrics.split(",") if n.strip()]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         document = compute(names, args.samples, args.references, args.sources, **options)
+        document["inputs"]["threads"] = args.threads
     except (ValueError, FileNotFoundError, KeyError) as err:
         logging.getLogger("metrics").error("%s", err.args[0] if isinstance(err, KeyError) else err)
         return 2

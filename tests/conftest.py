@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +55,26 @@ def corpus(tmp_path_factory) -> Path:
                "--out", str(root / "data")])
     della_cli(["tokenizer", "--data", str(root / "data"), "--vocab-size", "300", "--out", str(root / "tok")])
     return root
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """The repo's workflow in `workdir` (outputs and .snakemake/ there), no profile leaking in."""
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+                           "--workflow-profile", "none", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def read_table(workdir: Path, name: str = "table1") -> dict[str, dict[str, str]]:
+    """model -> row of results/tables/<name>.csv"""
+    with open(workdir / "results" / "tables" / f"{name}.csv", newline="") as f:
+        return {row["model"]: row for row in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="session")
+def default_dag(tmp_path_factory) -> Path:
+    """The embedded default DAG, run once per session with `--cores 2` (minutes)."""
+    workdir = tmp_path_factory.mktemp("default-dag")
+    start = time.perf_counter()
+    proc = snakemake(workdir, "--cores", "2")
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    print(f"\n[e2e] embedded default DAG, local --cores 2: {time.perf_counter() - start:.0f} s")
+    return workdir

@@ -218,7 +218,7 @@ def test_unknown_dataset_is_an_error(run_files, tmp_path):
 
 
 def test_file_without_metrics_contributes_nothing(tmp_path):
-    path = tmp_path / "results" / "runs" / "d" / "m" / "seed0" / "run.json"
+    path = tmp_path / "results" / "runs" / "d" / "m" / "seed0" / "samples.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"kind": "run", "steps": 10}))
+    path.write_text(json.dumps({"kind": "samples", "n": 10}))
     assert collect([path]) == []

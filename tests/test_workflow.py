@@ -46,7 +46,8 @@ def write_config(tmp_path: Path, cfg: dict) -> Path:
 
 
 PLAN = {"prepare_data": 1, "tokenizer": 1, "run_config": 6, "train": 6, "evaluate": 6, "generate": 6,
-        "text_metrics": 6, "aggregate": 1, "table1": 1}
+        "text_metrics": 6, "aggregate": 1, "table1": 1, "aggregate_cost": 1, "cost_table": 1,
+        "learning_curves": 6, "samples_page": 6, "provenance": 1}
 
 
 def test_dry_run_of_the_embedded_default_plans_every_rule(tmp_path):
@@ -252,3 +253,11 @@ def test_default_workflow_runs_end_to_end(tmp_path):
         ppl = row.split("|")[3].strip().strip("*")
         assert re.fullmatch(r"\d+\.\d+", ppl), row
     assert (tmp_path / "results/benchmarks/train/synthetic/della/seed0.jsonl").is_file()
+
+
+def test_several_gpus_per_training_job_launch_torchrun(tmp_path):
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    cfg["resources"]["train"]["gpu"] = 4
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", str(write_config(tmp_path, cfg)))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "torchrun --standalone --nproc_per_node 4 -m della train" in proc.stdout

@@ -17,7 +17,6 @@ size, provenance). It is written to a temporary directory and renamed into place
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -27,7 +26,7 @@ from typing import Any, Sequence
 from tokenizers import Tokenizer as _HFTokenizer
 
 from della.data.corpus import read_lines
-from della.io import atomic_write_json, md5sum, replace_dir
+from della.io import atomic_write_json, md5sum, read_json, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +101,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     for p in (info_path, tok_path):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such file; run `python -m della tokenizer` first")
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ValueError(f"{info_path}: not valid JSON: {err}") from None
-    return Tokenizer(_HFTokenizer.from_file(str(tok_path)), info)
+    return Tokenizer(_HFTokenizer.from_file(str(tok_path)), read_json(info_path))
 
 
 def train_bpe(lines: Sequence[str], vocab_size: int) -> _HFTokenizer:

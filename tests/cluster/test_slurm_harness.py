@@ -1,7 +1,7 @@
 """Run a tiny workflow through a real single-node Slurm with profiles/slurm.
 
-Only runs when selected with ``-m cluster`` and as root (packages are
-apt-get installed when missing):
+Runs with ``-m cluster`` or under CI (``CI`` set), as root (packages are apt-get installed when
+missing); see tests/cluster/conftest.py:
 
     python -m pytest tests/cluster -q -m cluster -s
 """
@@ -17,15 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from slurm import LocalSlurm, SlurmUnavailable, wait_until
+from settings import GPU_PARTITION, PROFILE, profile_partition
+from slurm import LocalSlurm, wait_until
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[2]
-PROFILE = REPO / "profiles" / "slurm"
-GPU_PARTITION = "gpu"  # second partition on the test node, used via --set-resources
 RUN_TIMEOUT = 150  # hard limit per snakemake run (s); a healthy run takes 25-60 s here
 
 TRAIN_PY = r'''
@@ -100,29 +97,6 @@ def snakemake_args(*extra: str, steps: int, gpu: int = LocalSlurm.gpus) -> list[
         "--set-resources", f"train:slurm_partition={GPU_PARTITION}",
         *extra,
     ]
-
-
-def profile_partition() -> str:
-    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    return str(profile["default-resources"]["slurm_partition"])
-
-
-@pytest.fixture(scope="module")
-def cluster(request):
-    if "cluster" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("starts a real Slurm (apt-get install as root): select with -m cluster")
-    # The test node mirrors the profile's default partition, plus a GPU-named one.
-    slurm = LocalSlurm(partitions=(profile_partition(), GPU_PARTITION))
-    try:
-        slurm.start()
-    except SlurmUnavailable as exc:
-        pytest.skip(f"local Slurm unavailable: {exc}")
-    request.addfinalizer(slurm.stop)
-    print(f"\n[local-slurm] bring-up {slurm.startup_seconds:.2f} s "
-          f"(package check/install {slurm.install_seconds:.2f} s) "
-          f"(node {slurm.node}, {slurm.cpus} CPUs, {slurm.real_memory_mb} MB, "
-          f"ports {slurm.ctld_port}/{slurm.slurmd_port}, pids {slurm.pids})")
-    return slurm
 
 
 def jobs_by_id(cluster: LocalSlurm) -> dict[int, dict[str, str]]:

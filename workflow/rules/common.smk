@@ -15,6 +15,7 @@ DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
 SEEDS = [int(s) for s in config["seeds"]]
 RUN_DIR = "results/runs/{dataset}/{model}/seed{seed}"
+FIGURE = "results/figures/{dataset}/{model}/seed{seed}/learning_curves.svg"
 
 # Build every run config now, so a bad override fails at DAG build and names its key.
 for _dataset in DATASETS:
@@ -107,20 +108,48 @@ def rule_threads(rule_name):
     return config["resources"][rule_name]["cpus_per_task"]
 
 
+def train_launcher():
+    """`python` for one device; `torchrun` (DistributedDataParallel, one process per GPU) when the
+    train rule asks for several GPUs (resources.train.gpu > 1)."""
+    gpus = config["resources"]["train"].get("gpu") or 0
+    return f"torchrun --standalone --nproc_per_node {gpus}" if gpus > 1 else "python"
+
+
+def every_run(pattern):
+    """`pattern` (with the {dataset}, {model}, {seed} wildcards) for every run of the config."""
+    return expand(pattern, dataset=DATASETS, model=MODELS, seed=SEEDS)
+
+
 def result_files():
     """Every eval.json and (where text metrics are configured) metrics.json."""
-    files = expand(f"{RUN_DIR}/eval.json", dataset=DATASETS, model=MODELS, seed=SEEDS)
+    files = every_run(f"{RUN_DIR}/eval.json")
     for dataset in DATASETS:
         if text_metrics(dataset):
             files += expand(f"{RUN_DIR}/metrics.json", dataset=dataset, model=MODELS, seed=SEEDS)
     return files
 
 
+TABLE_EXTS = ["tex", "csv", "md", "html"]
+
+
+def table_outputs(name):
+    """The files of `python -m della table --out-prefix results/tables/<name>`; the HTML (shown)
+    and the LaTeX (to download) go into the report, captioned by workflow/report/<name>.rst."""
+    outputs = {ext: f"results/tables/{name}.{ext}" for ext in TABLE_EXTS}
+    for ext in ("html", "tex"):
+        outputs[ext] = report(outputs[ext], caption=f"../report/{name}.rst", category="Tables",
+                              labels={"table": name, "format": ext})
+    return outputs
+
+
 def final_outputs():
     return [
         "results/summary.csv",
-        *expand("results/tables/table1.{ext}", ext=["tex", "csv", "md"]),
-        *expand(f"{RUN_DIR}/samples.txt", dataset=DATASETS, model=MODELS, seed=SEEDS),
+        *expand("results/tables/{table}.{ext}", table=["table1", "cost"], ext=TABLE_EXTS),
+        *every_run(f"{RUN_DIR}/samples.txt"),
+        *every_run(f"{RUN_DIR}/samples.html"),
+        *every_run(FIGURE),
+        "results/provenance.html",
     ]
 
 

@@ -53,4 +53,4 @@ rule text_metrics:
         **rule_resources("text_metrics"),
     shell:
         "python -m metrics compute --samples {input.samples} --references {input.references}"
-        " --metrics {params.metrics} --out {output} > {log} 2>&1"
+        " --metrics {params.metrics} --threads {threads} --out {output} > {log} 2>&1"

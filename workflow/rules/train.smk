@@ -22,6 +22,7 @@ rule train:
         f"{RUN_DIR}/run.json",  # written last, after the final checkpoint
     params:
         run_dir=run_dir,
+        launcher=train_launcher(),
     log:
         "logs/train/{dataset}/{model}/seed{seed}.log",
     benchmark:
@@ -30,4 +31,4 @@ rule train:
     resources:
         **rule_resources("train"),
     shell:
-        "python -m della train --config {input.config} --out {params.run_dir} > {log} 2>&1"
+        "{params.launcher} -m della train --config {input.config} --out {params.run_dir} > {log} 2>&1"

@@ -1,0 +1,103 @@
+"""The training cost of a run as metric entries shaped like those of eval.json.
+
+The numbers come from two files:
+
+- `run.json`, written by `della train`: the parameter count, the seconds spent in training steps
+  (no validation, start-up or checkpoints; summed over resumes), tokens/s over that loop, the peak memory of the training process
+  (host RSS; GPU memory allocated by torch when it ran on CUDA) and the device.
+- the Snakemake `benchmark:` record of the job, `results/benchmarks/{rule}/{dataset}/{model}/seed{seed}.jsonl`:
+  the wall seconds (`s`) and peak RSS (`max_rss`, MB) of the whole job (start-up, validation and
+  checkpoints included; the last attempt only when a job was resumed).
+
+The label, direction and display settings of each number are declared here, once, in COST_METRICS.
+`python -m della aggregate` copies them into the long CSV, where the tables read them. The device
+is a text entry (`{"text": ..., "label": "Device"}`): it has no value and no direction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from della.io import read_jsonl
+
+
+@dataclass(frozen=True)
+class CostMetric:
+    label: str
+    higher_is_better: bool
+    decimals: int
+    display_scale: float = 1
+    signature: str = ""  # how the number is measured (a table footnote)
+
+    def entry(self, value: Any, error: str = "") -> dict[str, Any]:
+        """An eval.json-style entry; a missing or non-numeric value becomes null with an error."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            value, error = None, error or f"not a finite number: {value!r}"
+        out = {"value": value, "higher_is_better": self.higher_is_better, "label": self.label,
+               "display_scale": self.display_scale, "decimals": self.decimals, "signature": self.signature}
+        return {**out, "error": error} if value is None else out
+
+
+# key -> how it is shown; `{rule}_...` keys come from the benchmark record of that rule's job.
+COST_METRICS: dict[str, CostMetric] = {
+    "train_wall_seconds": CostMetric("Wall (s)", False, 1, signature="Snakemake benchmark s of the train job"),
+    "train_seconds": CostMetric("Train loop (s)", False, 1, signature="training steps only, summed over resumes"),
+    "tokens_per_second": CostMetric("Tokens/s", True, 0, signature="predicted tokens / train loop seconds"),
+    "train_max_rss_mb": CostMetric("Peak RSS (MB)", False, 0,
+                                   signature="Snakemake benchmark max_rss of the train job"),
+    "max_rss_mb": CostMetric("Process RSS (MB)", False, 0, signature="ru_maxrss of the training process"),
+    "cuda_max_allocated_mb": CostMetric("Peak GPU (MB)", False, 0, signature="torch.cuda.max_memory_allocated"),
+    "parameters": CostMetric("Params (M)", False, 2, display_scale=1e-6),
+}
+# benchmark record field -> metric key suffix (prefixed with the rule's name)
+BENCHMARK_FIELDS = {"s": "wall_seconds", "max_rss": "max_rss_mb"}
+
+
+def device_text(provenance: dict[str, Any]) -> str:
+    """E.g. "cpu (x86_64, 1 thread)", "NVIDIA H100 80GB HBM3", "4 × NVIDIA A100-SXM4-80GB"."""
+    device = provenance.get("device") or {}
+    if device.get("type") == "cuda":
+        text = device.get("name") or "cuda"
+    else:
+        threads = device.get("torch_threads")
+        details = [device.get("cpu") or device.get("machine"),
+                   f"{threads} thread{'' if threads == 1 else 's'}" if isinstance(threads, int) else None]
+        details = [str(d) for d in details if d]
+        text = device.get("type", "unknown") + (f" ({', '.join(details)})" if details else "")
+    world = provenance.get("world_size") or 1
+    return f"{world} × {text}" if world > 1 else text
+
+
+def run_metrics(doc: dict[str, Any], where: str = "run.json") -> dict[str, dict[str, Any]]:
+    """Cost entries from a run.json document (`kind: run`)."""
+    cost, prov = doc.get("cost"), doc.get("provenance")
+    if not isinstance(cost, dict) or not isinstance(prov, dict):
+        raise ValueError(f"{where}: expected 'cost' and 'provenance' objects (a run.json of `della train`)")
+    on_gpu = (prov.get("device") or {}).get("type") == "cuda"
+    out = {key: COST_METRICS[key].entry(cost.get(key)) for key in ("train_seconds", "tokens_per_second", "max_rss_mb")}
+    out["cuda_max_allocated_mb"] = COST_METRICS["cuda_max_allocated_mb"].entry(
+        cost.get("cuda_max_allocated_mb"), "" if on_gpu else "not trained on a GPU")
+    out["parameters"] = COST_METRICS["parameters"].entry(doc.get("parameters"))
+    out["device"] = {"text": device_text(prov), "label": "Device"}
+    return out
+
+
+def benchmark_metrics(path: Path, rule: str) -> dict[str, dict[str, Any]]:
+    """Cost entries from a Snakemake benchmark JSONL file: the mean over its records (one per repeat)."""
+    records = read_jsonl(path)
+    if not records:
+        raise ValueError(f"{path}: no benchmark record")
+    out = {}
+    for field, suffix in BENCHMARK_FIELDS.items():
+        key = f"{rule}_{suffix}"
+        if key not in COST_METRICS:
+            raise ValueError(f"{path}: no cost metric {key!r} is declared for rule {rule!r} "
+                             f"(known: {sorted(COST_METRICS)})")
+        values = [r.get(field) for r in records]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        out[key] = COST_METRICS[key].entry(sum(numbers) / len(numbers) if len(numbers) == len(values) else None,
+                                           f"benchmark field {field!r} is not a number in every record")
+    return out
