@@ -3,6 +3,10 @@
 A model's latent is a stack of G *groups* of size p: G = 0 for the plain LM, 1 for the
 single-latent VAEs, one per injected layer for DELLA. Latents travel as tensors (N, G, p);
 posterior quantities carry a leading sample axis K.
+
+Conditional tasks (CVAE) extend this interface rather than fork it: a condition (the encoded
+source) becomes one more optional argument of `encode`, `sample_prior` and `decode`, which the
+unconditional models ignore.
 """
 
 from __future__ import annotations

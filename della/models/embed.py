@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from della.models.backbone import Injection
 from della.models.base import MODELS
 from della.models.single_latent import SingleLatentVAE
@@ -15,8 +13,7 @@ class EmbedVAE(SingleLatentVAE):
 
     def __init__(self, config, backbone, vocab):
         super().__init__(config, backbone, vocab)
-        self.latent_to_embedding = nn.Linear(config.latent_size, backbone.n_embd, bias=False)
-        nn.init.normal_(self.latent_to_embedding.weight, std=0.02)
+        self.latent_to_embedding = self.latent_projection(backbone.n_embd)
 
     def injection(self, z):
         return Injection(embed=self.latent_to_embedding(z[:, 0]))  # (N, d), broadcast over positions

@@ -4,8 +4,6 @@ positions stay 0..T-1: the slot has no position of its own."""
 
 from __future__ import annotations
 
-from torch import nn
-
 from della.models.backbone import Injection
 from della.models.base import MODELS
 from della.models.single_latent import SingleLatentVAE
@@ -17,8 +15,7 @@ class MemoryVAE(SingleLatentVAE):
 
     def __init__(self, config, backbone, vocab):
         super().__init__(config, backbone, vocab)
-        self.latent_to_memory = nn.Linear(config.latent_size, backbone.n_layer * backbone.n_embd, bias=False)
-        nn.init.normal_(self.latent_to_memory.weight, std=0.02)
+        self.latent_to_memory = self.latent_projection(backbone.n_layer * backbone.n_embd)
 
     def injection(self, z):
         m = self.latent_to_memory(z[:, 0])  # (N, L*d)

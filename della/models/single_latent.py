@@ -36,6 +36,12 @@ class SingleLatentVAE(LatentModel):
         nn.init.normal_(self.to_posterior.weight, std=0.02)
         nn.init.zeros_(self.to_posterior.bias)
 
+    def latent_projection(self, out_features: int) -> nn.Linear:
+        """W z without bias, N(0, 0.02^2) init: how each paradigm maps z into the decoder."""
+        layer = nn.Linear(self.latent_size, out_features, bias=False)
+        nn.init.normal_(layer.weight, std=0.02)
+        return layer
+
     def encode(self, input_ids, mask):
         out = self.backbone(input_ids, mask, causal=False)
         return self.pool(out.hidden, mask)[:, None, :]  # (B, 1, d)

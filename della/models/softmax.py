@@ -3,8 +3,6 @@ LM head, so z meets the hidden states only at the output."""
 
 from __future__ import annotations
 
-from torch import nn
-
 from della.models.base import MODELS
 from della.models.single_latent import SingleLatentVAE
 
@@ -15,8 +13,7 @@ class SoftmaxVAE(SingleLatentVAE):
 
     def __init__(self, config, backbone, vocab):
         super().__init__(config, backbone, vocab)
-        self.latent_to_hidden = nn.Linear(config.latent_size, backbone.n_embd, bias=False)
-        nn.init.normal_(self.latent_to_hidden.weight, std=0.02)
+        self.latent_to_hidden = self.latent_projection(backbone.n_embd)
 
     def output_logits(self, hidden, z):
         return super().output_logits(hidden + self.latent_to_hidden(z[:, 0])[:, None, :], z)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from settings import PROFILE, REPO
+from cluster_settings import PROFILE, REPO
 from slurm import LocalSlurm, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -57,8 +57,8 @@ def test_dag_through_slurm_resumes_after_scancel_and_matches_the_local_table(clu
     assert not second.timed_out and second.returncode == 0, second.output[-4000:]
     assert "resumed from" in (tmp_path / f"logs/train/synthetic/{CANCELLED}/seed0.log").read_text()
 
-    submitted = {**first.slurm_job_ids, **second.slurm_job_ids}
-    per_rule = rules_of(cluster, submitted.values())
+    submitted = [*first.slurm_job_ids.values(), *second.slurm_job_ids.values()]  # Slurm ids are unique
+    per_rule = rules_of(cluster, submitted)
     assert set(per_rule.values()) == HEAVY_RULES, per_rule
     assert sum(rule == "train" for rule in per_rule.values()) == 6 + 1  # the cancelled one twice
     table = (tmp_path / "results/tables/table1.csv").read_text()

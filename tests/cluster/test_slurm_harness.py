@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from settings import GPU_PARTITION, PROFILE, profile_partition
+from cluster_settings import GPU_PARTITION, PROFILE, profile_partition
 from slurm import LocalSlurm, wait_until
 
 pytestmark = pytest.mark.cluster
