@@ -238,23 +238,6 @@ def test_environment_yml_matches_pyproject():
     assert have == wanted
 
 
-# ---------------------------------------------------------------------------------------------
-# End to end (minutes: run with `pytest -m slow`)
-
-
-@pytest.mark.slow
-def test_default_workflow_runs_end_to_end(tmp_path):
-    proc = snakemake(tmp_path, "--cores", "2", timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    md = (tmp_path / "results/tables/table1.md").read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| synthetic |")]
-    assert [r.split("|")[2].strip() for r in rows] == REGISTRY_NAMES
-    for row in rows:
-        ppl = row.split("|")[3].strip().strip("*")
-        assert re.fullmatch(r"\d+\.\d+", ppl), row
-    assert (tmp_path / "results/benchmarks/train/synthetic/della/seed0.jsonl").is_file()
-
-
 def test_several_gpus_per_training_job_launch_torchrun(tmp_path):
     cfg = copy.deepcopy(DEFAULT_CONFIG)
     cfg["resources"]["train"]["gpu"] = 4
