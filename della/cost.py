@@ -16,41 +16,23 @@ is a text entry (`{"text": ..., "label": "Device"}`): it has no value and no dir
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from della.io import read_jsonl
-
-
-@dataclass(frozen=True)
-class CostMetric:
-    label: str
-    higher_is_better: bool
-    decimals: int
-    display_scale: float = 1
-    signature: str = ""  # how the number is measured (a table footnote)
-
-    def entry(self, value: Any, error: str = "") -> dict[str, Any]:
-        """An eval.json-style entry; a missing or non-numeric value becomes null with an error."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            value, error = None, error or f"not a finite number: {value!r}"
-        out = {"value": value, "higher_is_better": self.higher_is_better, "label": self.label,
-               "display_scale": self.display_scale, "decimals": self.decimals, "signature": self.signature}
-        return {**out, "error": error} if value is None else out
+from della.metric_spec import MetricSpec
 
 
 # key -> how it is shown; `{rule}_...` keys come from the benchmark record of that rule's job.
-COST_METRICS: dict[str, CostMetric] = {
-    "train_wall_seconds": CostMetric("Wall (s)", False, 1, signature="Snakemake benchmark s of the train job"),
-    "train_seconds": CostMetric("Train loop (s)", False, 1, signature="training steps only, summed over resumes"),
-    "tokens_per_second": CostMetric("Tokens/s", True, 0, signature="predicted tokens / train loop seconds"),
-    "train_max_rss_mb": CostMetric("Peak RSS (MB)", False, 0,
+COST_METRICS: dict[str, MetricSpec] = {
+    "train_wall_seconds": MetricSpec("Wall (s)", False, 1, signature="Snakemake benchmark s of the train job"),
+    "train_seconds": MetricSpec("Train loop (s)", False, 1, signature="training steps only, summed over resumes"),
+    "tokens_per_second": MetricSpec("Tokens/s", True, 0, signature="predicted tokens / train loop seconds"),
+    "train_max_rss_mb": MetricSpec("Peak RSS (MB)", False, 0,
                                    signature="Snakemake benchmark max_rss of the train job"),
-    "max_rss_mb": CostMetric("Process RSS (MB)", False, 0, signature="ru_maxrss of the training process"),
-    "cuda_max_allocated_mb": CostMetric("Peak GPU (MB)", False, 0, signature="torch.cuda.max_memory_allocated"),
-    "parameters": CostMetric("Params (M)", False, 2, display_scale=1e-6),
+    "max_rss_mb": MetricSpec("Process RSS (MB)", False, 0, signature="ru_maxrss of the training process"),
+    "cuda_max_allocated_mb": MetricSpec("Peak GPU (MB)", False, 0, signature="torch.cuda.max_memory_allocated"),
+    "parameters": MetricSpec("Params (M)", False, 2, display_scale=1e-6),
 }
 # benchmark record field -> metric key suffix (prefixed with the rule's name)
 BENCHMARK_FIELDS = {"s": "wall_seconds", "max_rss": "max_rss_mb"}

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from della.batches import collate, length_sorted_batches
 from della.estimators import active_units, iw_batch, mutual_information
 from della.io import atomic_write_json
+from della.metric_spec import MetricSpec
 from della.provenance import provenance
 from della.run import load_trained
 from della.train import load_split
@@ -29,22 +30,13 @@ log = logging.getLogger(__name__)
 NO_LATENT = "the model has no latent variable"
 
 
-# key -> (label, higher is better, decimals): declared once, copied into every eval.json entry
+# declared once, copied into every eval.json entry
 METRICS = {
-    "iw_ppl": ("PPL", False, 2), "iw_nll": ("NLL", False, 2), "neg_elbo": ("ELBO", False, 2),
-    "kl": ("KL", True, 2), "mi": ("MI", True, 2), "au": ("AU", True, 1), "au_001": ("AU@0.01", True, 0),
-    "iw_ppl_official": ("PPL (official est.)", False, 2),
+    "iw_ppl": MetricSpec("PPL", False, 2), "iw_nll": MetricSpec("NLL", False, 2),
+    "neg_elbo": MetricSpec("ELBO", False, 2), "kl": MetricSpec("KL", True, 2), "mi": MetricSpec("MI", True, 2),
+    "au": MetricSpec("AU", True, 1), "au_001": MetricSpec("AU@0.01", True, 0),
+    "iw_ppl_official": MetricSpec("PPL (official est.)", False, 2),
 }
-
-
-def entry(key: str, value, signature: str = "", details: dict | None = None, error: str | None = None,
-          meta: tuple[str, bool, int] | None = None) -> dict:
-    label, higher_is_better, decimals = meta or METRICS[key]
-    e = {"value": None if value is None else float(value), "higher_is_better": higher_is_better, "label": label,
-         "display_scale": 1, "decimals": decimals, "signature": signature, "details": details or {}}
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        e["value"], e["error"] = None, error or f"non-finite value {value!r}"
-    return e
 
 
 @torch.no_grad()
@@ -80,36 +72,36 @@ def representation_metrics(model, acc: dict, k: int, mi_batch_size: int | None) 
     G, p = model.n_groups, model.latent_size
     sig = f"K={k}|words=bpe+eos|n={n}"
     out = {
-        "iw_ppl": entry("iw_ppl", math.exp(nll_total / words), signature=sig,
-                        details={"word_count": words, "estimator": "exact" if G == 0 else "importance-weighted"}),
-        "iw_nll": entry("iw_nll", nll_total / n, signature=sig),
+        "iw_ppl": METRICS["iw_ppl"].entry(math.exp(nll_total / words), signature=sig,
+            details={"word_count": words, "estimator": "exact" if G == 0 else "importance-weighted"}),
+        "iw_nll": METRICS["iw_nll"].entry(nll_total / n, signature=sig),
     }
     if G == 0:
         for key in ("neg_elbo", "kl", "mi", "au"):
-            out[key] = entry(key, None, error=NO_LATENT)
+            out[key] = METRICS[key].entry(None, error=NO_LATENT)
         return out
     kl_total = acc["kl"].sum(1)
-    out["neg_elbo"] = entry("neg_elbo", (acc["rec_nll"] + kl_total).mean().item(), signature=sig,
-                            details={"reconstruction_nll": acc["rec_nll"].mean().item()})
-    out["kl"] = entry("kl", kl_total.mean().item(), signature=f"analytic|sum over {G} group(s)",
-                      details={"per_group": acc["kl"].mean(0).tolist()})
+    out["neg_elbo"] = METRICS["neg_elbo"].entry((acc["rec_nll"] + kl_total).mean().item(), signature=sig,
+        details={"reconstruction_nll": acc["rec_nll"].mean().item()})
+    out["kl"] = METRICS["kl"].entry(kl_total.mean().item(), signature=f"analytic|sum over {G} group(s)",
+        details={"per_group": acc["kl"].mean(0).tolist()})
     m = mi_batch_size or n
     mi = mutual_information(model, acc["features"], acc["z"], acc["logvar"], mi_batch_size)
-    out["mi"] = entry("mi", mi, signature=f"He2019|M={m}|hierarchical" if G > 1 else f"He2019|M={m}",
-                      details={"upper_bound_log_M": math.log(m)})
+    out["mi"] = METRICS["mi"].entry(mi, signature=f"He2019|M={m}|hierarchical" if G > 1 else f"He2019|M={m}",
+        details={"upper_bound_log_M": math.log(m)})
     active02 = active_units(acc["mean"], 0.2)
     active001 = active_units(acc["mean"], 0.01)
-    out["au"] = entry("au", active02.sum().item() / G,
-                      signature=f"delta=0.2|>=|mean count per group of {p}",
-                      details={"per_group": active02.sum(1).tolist()})
-    out["au_001"] = entry("au_001", active001.sum().item(),
-                          signature=f"delta=0.01|>=|count over {G}x{p} dims")
+    out["au"] = METRICS["au"].entry(active02.sum().item() / G,
+        signature=f"delta=0.2|>=|mean count per group of {p}",
+        details={"per_group": active02.sum(1).tolist()})
+    out["au_001"] = METRICS["au_001"].entry(active001.sum().item(),
+        signature=f"delta=0.01|>=|count over {G}x{p} dims")
     if G > 1:  # the official code's layer-averaged estimator and word count (reference §8.1, D2, D9)
         official_words = words + n
-        out["iw_ppl_official"] = entry("iw_ppl_official",
-                                       math.exp(-acc["log_marginal_layer_mean"].sum().item() / official_words),
-                                       signature=f"K={k}|layer-mean log p(z)-log q(z)|words=bpe+bos+eos",
-                                       details={"note": "not a bound on log p(x); for comparison with the code"})
+        out["iw_ppl_official"] = METRICS["iw_ppl_official"].entry(
+            math.exp(-acc["log_marginal_layer_mean"].sum().item() / official_words),
+            signature=f"K={k}|layer-mean log p(z)-log q(z)|words=bpe+bos+eos",
+            details={"note": "not a bound on log p(x); for comparison with the code"})
     return out
 
 
@@ -135,9 +127,9 @@ def probe_metrics(model, cfg, tokenizer, test_means: torch.Tensor, device, max_t
         clf = LogisticRegression(max_iter=2000).fit(x_train, y_train)
         values, counts = np.unique(y_train, return_counts=True)
         majority = float(np.mean(y_test == values[counts.argmax()]))
-        out[f"probe_{attr}"] = entry(f"probe_{attr}", float(np.mean(clf.predict(x_test) == y_test)),
-                                     meta=(f"probe:{attr}", True, 3), signature=f"logreg|train n={len(y_train)}|posterior means",
-                                     details={"majority_baseline": majority})
+        out[f"probe_{attr}"] = MetricSpec(f"probe:{attr}", True, 3).entry(
+            float(np.mean(clf.predict(x_test) == y_test)), signature=f"logreg|train n={len(y_train)}|posterior means",
+            details={"majority_baseline": majority})
     return out
 
 

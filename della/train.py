@@ -160,8 +160,7 @@ class Trainer:
         from della.data.tokenizer import load_tokenizer
 
         self.cfg, self.run, self.dist = cfg, RunDir(out), Distributed()
-        self.device = self.dist.start(setup(cfg))
-        torch.manual_seed(cfg.seed * 1_000 + self.dist.rank)  # own dropout and posterior noise per rank
+        self.device = self.dist.start(setup(cfg))  # seeds cfg.seed: identical initial weights on every rank
         self.tokenizer = load_tokenizer(cfg.tokenizer_dir)
         self.train_split = load_split(cfg, "train", self.tokenizer, cfg.train.max_train_lines)
         self.valid_split = load_split(cfg, "valid", self.tokenizer, cfg.evaluate.max_lines)
@@ -171,11 +170,10 @@ class Trainer:
         if n < self.global_batch:
             raise ValueError(f"{self.train_split.path}: {n} examples, fewer than one batch "
                              f"(train.batch_size = {tc.batch_size} x {self.dist.world} processes)")
-        self.micro_batches = -(-n // self.global_batch)
-        self.steps_per_epoch = -(-self.micro_batches // tc.grad_accum)
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        micro_batches = -(-n // self.global_batch)
+        self.steps_per_epoch = -(-micro_batches // tc.grad_accum)
         self.model = new_model(cfg, self.tokenizer).to(self.device)
-        torch.manual_seed(cfg.seed * 1_000 + self.dist.rank)
+        torch.manual_seed(cfg.seed * 1_000 + self.dist.rank)  # own dropout and posterior noise per rank
         self.trained = self.model if self.dist.world == 1 else DistributedDataParallel(
             self.model, find_unused_parameters=self._has_unused_parameters())
         self.optimizer = make_optimizer(self.model, tc)
