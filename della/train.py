@@ -313,9 +313,9 @@ def train(cfg: RunConfig, out: Path) -> dict | None:
         trainer.dist.barrier()
         wall = time.perf_counter()
         valid = trainer.fit()
-        if not trainer.dist.is_main:
-            return None
-        return _finish(trainer, valid, wall)
+        summary = _finish(trainer, valid, wall) if trainer.dist.is_main else None
+        trainer.dist.barrier()  # ranks leave together: tearing gloo down while a peer still works can hang
+        return summary
     finally:
         trainer.dist.close()
 
