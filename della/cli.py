@@ -14,14 +14,21 @@ import sys
 COMMANDS = {
     "prepare-data": ("della.data.prepare", "validate a corpus and write results/data/<dataset>"),
     "tokenizer": ("della.data.tokenizer", "train or copy the tokenizer of a dataset"),
+    "data-stats": ("della.data.stats", "sentences per split and average length of datasets (Table 7)"),
+    "run-config": ("della.run_config_cli", "the run config of one (dataset, model, seed) of a workflow config"),
+    "models": ("della.models_cli", "list the registered models and their model_args defaults"),
+    "import-checkpoint": ("della.checkpoints", "a run dir from an HF GPT-2 directory or an official DELLA state_dict"),
     "train": ("della.train", "train one model (resumes from its last checkpoint)"),
     "evaluate": ("della.evaluate", "IW-PPL, ELBO, KL, MI, AU (+ attribute probe) -> eval.json"),
     "generate": ("della.generate", "sample text from a trained model -> samples.txt"),
+    "interpolate": ("della.interpolate", "greedy text along the path between two sentences' posteriors (Fig 3)"),
+    "layer-sweep": ("della.layer_sweep", "Fig. 2: PPL, -ELBO and KL against the number of DELLA latent layers -> SVG"),
     "aggregate": ("della.tables", "collect eval/metrics JSON (or run.json + benchmarks) into a long CSV"),
     "table": ("della.tables", "render a paper table as LaTeX, CSV, Markdown and HTML"),
     "curves": ("della.report", "learning curves of a run (CE, KL per latent group, beta) -> SVG/PNG"),
     "samples-page": ("della.report", "the first generated samples of a run and their settings -> HTML"),
     "provenance": ("della.report", "config, seed, versions, git commit and device of every run -> HTML"),
+    "human-eval": ("della.human_eval", "blind rating sheets (make) and their scores as Table 3 (score)"),
 }
 
 

@@ -3,12 +3,14 @@
 A run is (dataset, model, seed). `resolve_run_config` turns the workflow config
 (config/config.yaml, validated by workflow/schemas/config.schema.yaml) into the
 self-contained run config that `python -m della train --config run.yaml` reads.
-This module imports no torch, so the Snakefile can use it at parse time.
+This module imports no torch, so the Snakefile can use it at parse time; resolving a workflow config
+imports the model registry (torch) to check each model's `args` against its config dataclass.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,15 @@ import yaml
 
 class ConfigError(ValueError):
     """A config key is unknown or has a bad value; the message names the key."""
+
+
+RESUME_MODES = ("auto", "never", "weights-only")
+# Keys that cannot change the trained weights, so changing them never retrains: `epochs` only bounds
+# the loop (a checkpoint after fewer epochs is resumed exactly), `log_every` only thins the log and
+# `resume` only says what to reuse. Validation (evaluate.*) draws from its own seeded stream.
+# `fused_adam` and `compile` are speed switches: the same maths, equal to float rounding (tests/test_speed_switches.py).
+NOT_IN_RECIPE = {"epochs", "log_every", "resume", "fused_adam", "compile"}
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -40,15 +51,30 @@ class TrainConfig:
     adam_eps: float = 1e-6  # the official code's effective eps (reference §4)
     weight_decay: float = 0.0
     grad_clip: float | None = None
-    beta_schedule: str = "cyclical"  # cyclical (official code, reference §4) | constant
+    beta_schedule: str = "cyclical"  # cyclical (official code, reference §4) | monotonic | constant
     beta: float = 1.0  # constant β, and the top of the cyclical ramp
     beta_0: float = 1e-5  # cyclical zero-phase value
     cycle_epochs: int = 2  # cyclical period C in epochs (C >= 2)
+    warmup_epochs: float = 1.0  # monotonic: epochs of the linear ramp from beta_0 to beta
     max_length: int = 64  # tokens including <s> and </s>; longer lines are truncated and counted
     max_train_lines: int | None = None
     threads: int = 1  # torch intra-op threads; fixed so runs are reproducible across executors
     device: str = "auto"  # auto | cpu | cuda
     log_every: int = 1  # optimizer steps between JSONL log lines
+    resume: str = "auto"  # auto | never | weights-only: what a rerun takes from checkpoint/ (README "Resuming")
+    precision: str = "fp32"  # fp32 | bf16: autocast of the forward; densities, KL and log-sum-exp stay fp32
+    fused_adam: bool | str = "auto"  # auto: the fused AdamW kernel on CUDA, the plain one elsewhere
+    compile: bool = False  # torch.compile the trained model (its first steps compile)
+
+    def __post_init__(self):
+        if self.resume not in RESUME_MODES:
+            raise ConfigError(f"train.resume = {self.resume!r}; valid: {list(RESUME_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision = {self.precision!r}; valid: {list(PRECISIONS)}")
+        if self.fused_adam not in ("auto", True, False):
+            raise ConfigError(f"train.fused_adam = {self.fused_adam!r}; valid: auto, true, false")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"train.compile = {self.compile!r}; valid: true, false")
 
 
 @dataclass(frozen=True)
@@ -113,6 +139,20 @@ class RunConfig:
     def dump(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def resolved_model_args(self) -> dict[str, Any]:
+        """Every field of the model's config dataclass, defaults included, so that a changed default
+        in the code changes the recipe too."""
+        from della.models import MODELS
+
+        return dataclasses.asdict(MODELS.get(self.model).config_class(**self.model_args))
+
+    def training_recipe(self) -> dict[str, Any]:
+        """The config keys that determine the trained weights (the fingerprint adds file checksums)."""
+        train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in NOT_IN_RECIPE}
+        return {"architecture": {"model": self.model, "model_args": self.resolved_model_args(),
+                                 "backbone": dataclasses.asdict(self.backbone)},
+                "optimisation": {"seed": self.seed, "train": train}}
+
 
 def _check_keys(cls, d: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(d, dict):
@@ -122,6 +162,19 @@ def _check_keys(cls, d: dict[str, Any], where: str) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
     return dict(d)
+
+
+DEFAULT_WORKFLOW_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+
+
+def experiment_name(workflow_config: dict[str, Any], configfile: str | Path | None) -> str:
+    """The experiment a workflow config's outputs belong to (results/<experiment>/): its `experiment`
+    key, else the stem of its file; "default" for the embedded config/config.yaml (or none given)."""
+    if workflow_config.get("experiment"):
+        return workflow_config["experiment"]
+    if configfile is None or Path(configfile).resolve() == DEFAULT_WORKFLOW_CONFIG:
+        return "default"
+    return Path(configfile).stem
 
 
 def resolve_run_config(workflow_config: dict[str, Any], dataset: str, model: str, seed: int,
@@ -150,5 +203,54 @@ def resolve_run_config(workflow_config: dict[str, Any], dataset: str, model: str
         merged.update(ds.get(section, {}))
         merged.update(m.get(section, {}))
         run[section] = merged
-    RunConfig.from_dict(run, where=f"workflow config ({dataset}/{model})")  # fail at DAG build
+    cfg = RunConfig.from_dict(run, where=f"workflow config ({dataset}/{model})")  # fail at DAG build
+    check_model_args(model, cfg.model, cfg.model_args)
+    check_backbone(cfg, ds.get("tokenizer") or {}, dataset)
     return json.loads(json.dumps(run))
+
+
+def check_model_args(entry: str, name: str, args: dict[str, Any]) -> None:
+    """`models.<entry>`: a registered model whose config dataclass accepts `args` (keys and values)."""
+    from della.models import MODELS, check_model_name  # torch: imported only when a config is resolved
+
+    check_model_name(name, f"models.{entry}.model")
+    config_class = MODELS.get(name).config_class
+    valid = [f.name for f in dataclasses.fields(config_class)]
+    for key in args:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"models.{entry}.args: unknown key {key!r}; valid: {valid}{hint}")
+    try:
+        config_class(**args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"models.{entry}.args: {err}") from None
+
+
+def check_backbone(cfg: RunConfig, tokenizer: dict[str, Any], dataset: str) -> None:
+    """Backbone/tokenizer compatibility that needs no weights: the shapes of a from-scratch backbone,
+    the position table of a local pretrained one, and no pretrained backbone on a fresh BPE."""
+    bb, where = cfg.backbone, f"{dataset}/{cfg.model}"
+    if bb.pretrained and not tokenizer.get("pretrained"):
+        raise ConfigError(f"backbone.pretrained = {bb.pretrained!r} ({where}) with a from-scratch tokenizer "
+                          f"(datasets.{dataset}.tokenizer.pretrained = null): the pretrained embeddings "
+                          f"belong to their own vocabulary; set the tokenizer to the backbone's (e.g. "
+                          f"{bb.pretrained!r}) or backbone.pretrained to null")
+    if not bb.pretrained and bb.n_embd % bb.n_head:
+        raise ConfigError(f"backbone.n_embd = {bb.n_embd} ({where}) is not divisible by "
+                          f"backbone.n_head = {bb.n_head}")
+    positions = bb.n_positions if not bb.pretrained else _local_positions(bb.pretrained)
+    if positions is not None and cfg.train.max_length > positions:
+        raise ConfigError(f"train.max_length = {cfg.train.max_length} ({where}) exceeds the backbone's "
+                          f"{positions} positions ({'backbone.n_positions' if not bb.pretrained else bb.pretrained})")
+
+
+def _local_positions(pretrained: str) -> int | None:
+    """n_positions of a local GPT-2 directory (from its config.json); None for a hub name."""
+    path = Path(pretrained) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return int(json.loads(path.read_text())["n_positions"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: cannot read n_positions: {err}") from None

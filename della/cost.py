@@ -4,12 +4,15 @@ The numbers come from two files:
 
 - `run.json`, written by `della train`: the parameter count, the seconds spent in training steps
   (no validation, start-up or checkpoints; summed over resumes), tokens/s over that loop, the peak memory of the training process
-  (host RSS; GPU memory allocated by torch when it ran on CUDA) and the device.
+  (host RSS; GPU memory allocated by torch when it ran on CUDA), the device and the model FLOPs
+  utilisation (`cost.mfu`: della.flops' count over the card's dense peak, its signature naming the
+  precision and the peak; null with the reason where the peak is unknown, e.g. on a CPU).
 - the Snakemake `benchmark:` record of the job, `results/benchmarks/{rule}/{dataset}/{model}/seed{seed}.jsonl`:
   the wall seconds (`s`) and peak RSS (`max_rss`, MB) of the whole job (start-up, validation and
   checkpoints included; the last attempt only when a job was resumed).
 
-The label, direction and display settings of each number are declared here, once, in COST_METRICS.
+The label, direction and display settings of each number are declared here, once, in COST_METRICS
+(the parameter count has no direction: fewer parameters are not "better").
 `python -m della aggregate` copies them into the long CSV, where the tables read them. The device
 is a text entry (`{"text": ..., "label": "Device"}`): it has no value and no direction.
 """
@@ -28,11 +31,14 @@ COST_METRICS: dict[str, MetricSpec] = {
     "train_wall_seconds": MetricSpec("Wall (s)", False, 1, signature="Snakemake benchmark s of the train job"),
     "train_seconds": MetricSpec("Train loop (s)", False, 1, signature="training steps only, summed over resumes"),
     "tokens_per_second": MetricSpec("Tokens/s", True, 0, signature="predicted tokens / train loop seconds"),
+    "mfu": MetricSpec("MFU (%)", True, 1, display_scale=100,
+                      signature="della.flops model FLOPs x tokens/s / (dense peak x processes)"),
     "train_max_rss_mb": MetricSpec("Peak RSS (MB)", False, 0,
                                    signature="Snakemake benchmark max_rss of the train job"),
     "max_rss_mb": MetricSpec("Process RSS (MB)", False, 0, signature="ru_maxrss of the training process"),
     "cuda_max_allocated_mb": MetricSpec("Peak GPU (MB)", False, 0, signature="torch.cuda.max_memory_allocated"),
-    "parameters": MetricSpec("Params (M)", False, 2, display_scale=1e-6),
+    # a size, not a score: no direction, so no arrow and no bold "best"
+    "parameters": MetricSpec("Params (M)", None, 2, display_scale=1e-6),
 }
 # benchmark record field -> metric key suffix (prefixed with the rule's name)
 BENCHMARK_FIELDS = {"s": "wall_seconds", "max_rss": "max_rss_mb"}
@@ -53,6 +59,13 @@ def device_text(provenance: dict[str, Any]) -> str:
     return f"{world} × {text}" if world > 1 else text
 
 
+def mfu_signature(doc: dict[str, Any]) -> str:
+    """What the MFU was measured against: the matmul precision (run.json `speed`) and the peak."""
+    speed, cost = doc.get("speed") or {}, doc.get("cost") or {}
+    return (f"{COST_METRICS['mfu'].signature}|precision={speed.get('precision', 'fp32')}"
+            f"|matmul={speed.get('matmul', 'fp32')}|peak={cost.get('peak_tflops')} TFLOP/s")
+
+
 def run_metrics(doc: dict[str, Any], where: str = "run.json") -> dict[str, dict[str, Any]]:
     """Cost entries from a run.json document (`kind: run`)."""
     cost, prov = doc.get("cost"), doc.get("provenance")
@@ -62,6 +75,8 @@ def run_metrics(doc: dict[str, Any], where: str = "run.json") -> dict[str, dict[
     out = {key: COST_METRICS[key].entry(cost.get(key)) for key in ("train_seconds", "tokens_per_second", "max_rss_mb")}
     out["cuda_max_allocated_mb"] = COST_METRICS["cuda_max_allocated_mb"].entry(
         cost.get("cuda_max_allocated_mb"), "" if on_gpu else "not trained on a GPU")
+    out["mfu"] = COST_METRICS["mfu"].entry(cost.get("mfu"), cost.get("mfu_note") or "run.json has no cost.mfu",
+                                           signature=mfu_signature(doc))
     out["parameters"] = COST_METRICS["parameters"].entry(doc.get("parameters"))
     out["device"] = {"text": device_text(prov), "label": "Device"}
     return out

@@ -2,7 +2,8 @@
 
 All sums run over latent groups, so DELLA's hierarchical log p(z) = sum_l log p(z_l | z_<l) and
 log q(z | x) = sum_l log q(z_l | x, z_<l) enter exactly; the official code's layer-averaged
-variant is computed beside it, under its own name, for comparison only.
+variant is computed beside it, under its own name, for comparison only. An estimator given fewer
+examples than it needs (MIN_EXAMPLES) raises TooFewExamples rather than return a number.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class BatchEstimates:
     rec_nll: torch.Tensor  # (B,) E_q[-log p(x|z)] over the K samples
     kl: torch.Tensor  # (B, G) analytic KL per group, averaged over the K sampled paths
     features: torch.Tensor  # (B, G, d) encoder features
-    posterior: Posterior  # the K samples (the first is used for MI and AU)
+    posterior: Posterior  # the K samples (the first path is used for MI, all K for AU)
 
 
 def reconstruction_nll(model: LatentModel, ids: torch.Tensor, mask: torch.Tensor, z: torch.Tensor,
@@ -50,6 +51,7 @@ def iw_batch(model: LatentModel, ids: torch.Tensor, mask: torch.Tensor, k: int,
     post = model.sample_posterior(features, k)
     nll = reconstruction_nll(model, ids, mask, post.z, max_rows)  # (K, B)
     log_k = math.log(k)
+    nll = nll.float()  # the log-sum-exp runs in fp32 under bf16 autocast too
     log_w = -nll + post.log_p.sum(-1) - post.log_q.sum(-1)
     G = max(model.n_groups, 1)
     log_w_mean = -nll + (post.log_p.sum(-1) - post.log_q.sum(-1)) / G
@@ -58,33 +60,83 @@ def iw_batch(model: LatentModel, ids: torch.Tensor, mask: torch.Tensor, k: int,
                           rec_nll=nll.mean(0), kl=post.kl.mean(0), features=features, posterior=post)
 
 
+# The fewest examples each estimator needs to mean anything: AU is a variance over examples;
+# MI's aggregate posterior of one sentence is that sentence's own posterior (MI = 0 by construction).
+MIN_EXAMPLES = {"iw": 1, "mi": 2, "au": 2}
+
+
+class TooFewExamples(ValueError):
+    """The split (or an MI aggregate) is too small for the estimator: report it, never a number."""
+
+
+def require_examples(estimator: str, n: int) -> None:
+    if n < MIN_EXAMPLES[estimator]:
+        raise TooFewExamples(f"{estimator} needs at least {MIN_EXAMPLES[estimator]} examples, got {n}")
+
+
 def gaussian_neg_entropy(logvar: torch.Tensor) -> torch.Tensor:
     """E_q[log q(z)] of diagonal Gaussians: -D/2 log 2π - 1/2 Σ_d (1 + log σ²_d), over the last axis."""
     return -0.5 * (math.log(2 * math.pi) + 1 + logvar).sum(-1)
 
 
-def mutual_information(model: LatentModel, features: torch.Tensor, z: torch.Tensor, logvar: torch.Tensor,
-                       group_size: int | None = None) -> float:
-    """He et al. (2019): I(x; z) ≈ mean_i E_q log q(z|x_i) - mean_i log q̂(z_i), with
-    q̂(z_i) = (1/M) Σ_j q(z_i | x_j) over M examples (M = N when group_size is None).
+@dataclass
+class MutualInformation:
+    """Per-sentence terms of two MI estimators sharing one aggregate posterior q̂ over M examples.
 
-    features (N, G, d): encoder features; z (N, G, p): one posterior path per example;
-    logvar (N, G, p): the posterior log-variances on that path. For DELLA the entropy term is
-    the closed form of each layer given the sampled path below it (Rao-Blackwellised), and
-    log q(z_i | x_j) re-runs only the latent heads along z_i's own path (reference §8.3(b)).
+    paired: log q(z_i|x_i) - log q̂(z_i), the same z_i in both terms (the reported value). It is
+      exactly 0 when q(z|x) does not depend on x, and at most log M.
+    he2019: E_q[log q(z|x_i)] (closed form) - log q̂(z_i) (He et al. 2019). Same expectation, but
+      the closed form and the sampled z_i disagree by sd ≈ sqrt(D/2) per sentence, which swamps
+      a small MI at D = 32 x layers (reference §8.3, issue 14)."""
+
+    paired: torch.Tensor  # (N,)
+    he2019: torch.Tensor  # (N,)
+    m: int  # mixture components of q̂
+
+    @property
+    def value(self) -> float:
+        return self.paired.mean().item()
+
+
+def mutual_information(model: LatentModel, features: torch.Tensor, z: torch.Tensor, logvar: torch.Tensor,
+                       group_size: int | None = None) -> MutualInformation:
+    """I(x; z) from one posterior path z_i ~ q(z|x_i) per example, with
+    q̂(z_i) = (1/M) Σ_j q(z_i | x_j) over the M examples of z_i's block (M = N when group_size is None).
+
+    features (N, G, d): encoder features; z (N, G, p); logvar (N, G, p): the posterior log-variances
+    on that path. For DELLA log q(z_i | x_j) is the hierarchical density, re-running only the
+    latent heads along z_i's own path (reference §8.3(b)); its diagonal is log q(z_i | x_i).
     """
     N = z.shape[0]
     M = group_size or N
-    neg_entropy = gaussian_neg_entropy(logvar).sum(-1)  # (N,)
-    log_agg = []
+    last_block = N - (N - 1) // M * M  # the smallest block
+    require_examples("mi", min(M, last_block))
+    own, log_agg = [], []
     for start in range(0, N, M):
-        sl = slice(start, start + M)
-        log_q = model.log_q_matrix(z[sl], features[sl])  # (m, m)
+        log_q = model.log_q_matrix(z[start:start + M], features[start:start + M])  # (m, m)
+        own.append(log_q.diagonal())
         log_agg.append(torch.logsumexp(log_q, 1) - math.log(log_q.shape[1]))
-    return (neg_entropy.mean() - torch.cat(log_agg).mean()).item()
+    own, log_agg = torch.cat(own), torch.cat(log_agg)
+    neg_entropy = gaussian_neg_entropy(logvar).sum(-1)  # (N,)
+    return MutualInformation(paired=own - log_agg, he2019=neg_entropy - log_agg, m=min(M, N))
+
+
+def bootstrap_stderr(terms: torch.Tensor, n_resamples: int = 1000, seed: int = 0) -> float:
+    """Standard error of mean(terms), resampling the N sentences with replacement (seeded, so a
+    rerun gives the same number). For MI the aggregate posterior is held fixed."""
+    require_examples("mi", terms.shape[0])
+    idx = torch.randint(terms.shape[0], (n_resamples, terms.shape[0]), generator=torch.Generator().manual_seed(seed))
+    return terms.double()[idx].mean(1).std().item()
+
+
+def path_averaged_means(post: Posterior) -> torch.Tensor:
+    """E_q[z | x] (B, G, p): the posterior means averaged over the K sampled paths. A layer above
+    DELLA's first has mean mu_l(x, z_<l), so one path's mean is a noisy draw of E_q[z_l | x]."""
+    return post.mean.float().mean(0)  # fp32: bf16 autocast leaves the means in bf16
 
 
 def active_units(means: torch.Tensor, delta: float) -> torch.Tensor:
     """Per dimension: Var_x(E_q[z_d | x]) >= delta (unbiased variance, as the DELLA code).
     means (N, G, p) -> bool (G, p)."""
+    require_examples("au", means.shape[0])
     return means.var(dim=0, unbiased=True) >= delta

@@ -1,9 +1,13 @@
 """`python -m della evaluate --run RUN_DIR --split test --out eval.json`: representation metrics.
 
-IW-PPL / IW-NLL (K importance samples), ELBO, KL (total and per group), MI, AU, and on corpora
-with known attributes (the synthetic grammar) a linear probe of the posterior means.
-Word-count convention of the PPL: predicted tokens, i.e. BPE tokens + </s> per sentence (<s> is
-never predicted); the official DELLA convention (+1 for <s>) is recorded in the details.
+IW-PPL / IW-NLL (K importance samples), ELBO, KL (total and per group), MI (paired estimator, with
+He et al.'s beside it and a bootstrap standard error), AU (on posterior means averaged over the K
+paths), and on corpora with known attributes (the synthetic grammar) a linear probe of those means.
+The PPL is reported under each convention, estimator x word count (PPL_CONVENTIONS); the headline
+`iw_ppl` is the hierarchical estimator over the predicted tokens (BPE + </s>; <s> is never predicted).
+A split too small for an estimator (estimators.MIN_EXAMPLES) gives null with the reason, never a number.
+Evaluation runs at the precision the model was trained at (`train.precision` of the run config, recorded
+in eval.json): under bf16 the passes autocast while densities, KL and the log-sum-exp stay fp32.
 """
 
 from __future__ import annotations
@@ -19,29 +23,41 @@ import torch
 from tqdm import tqdm
 
 from della.batches import collate, length_sorted_batches
-from della.estimators import active_units, iw_batch, mutual_information
+from della.estimators import (TooFewExamples, active_units, bootstrap_stderr, iw_batch, mutual_information,
+                              path_averaged_means, require_examples)
 from della.io import atomic_write_json
 from della.metric_spec import MetricSpec
 from della.provenance import provenance
 from della.run import load_trained
-from della.train import load_split
+from della.train import autocast, load_split
 
 log = logging.getLogger(__name__)
 NO_LATENT = "the model has no latent variable"
 
+# key: (label, log p(x) estimator, word count). hierarchical: sums over layers (a bound on log p(x));
+# layer-mean: the official code's (1/G) sums (reference §8.1, D2). bpe+eos: the predicted tokens;
+# bos+bpe+eos: the official code's attention_mask.sum() (D9). For G <= 1 both estimators agree.
+PPL_CONVENTIONS = {
+    "iw_ppl": ("PPL", "hierarchical", "bpe+eos"),
+    "iw_ppl_bos": ("PPL (+<s>)", "hierarchical", "bos+bpe+eos"),
+    "iw_ppl_layer_mean": ("PPL (layer-mean)", "layer-mean", "bpe+eos"),
+    "iw_ppl_official": ("PPL (official)", "layer-mean", "bos+bpe+eos"),
+}
+AU_THRESHOLDS = {"au": 0.2, "au_001": 0.01}  # the DELLA code's delta; He et al.'s and Optimus's
 
 # declared once, copied into every eval.json entry
 METRICS = {
-    "iw_ppl": MetricSpec("PPL", False, 2), "iw_nll": MetricSpec("NLL", False, 2),
-    "neg_elbo": MetricSpec("ELBO", False, 2), "kl": MetricSpec("KL", True, 2), "mi": MetricSpec("MI", True, 2),
-    "au": MetricSpec("AU", True, 1), "au_001": MetricSpec("AU@0.01", True, 0),
-    "iw_ppl_official": MetricSpec("PPL (official est.)", False, 2),
+    **{key: MetricSpec(label, False, 2) for key, (label, _, _) in PPL_CONVENTIONS.items()},
+    "iw_nll": MetricSpec("NLL", False, 2), "neg_elbo": MetricSpec("ELBO", False, 2),
+    "kl": MetricSpec("KL", True, 2), "mi": MetricSpec("MI", True, 2),
+    "au": MetricSpec("AU", True, 2), "au_001": MetricSpec("AU@0.01", True, 2),
 }
 
 
 @torch.no_grad()
 def collect(model, split, k: int, batch_size: int, device) -> dict[str, torch.Tensor]:
-    """Run the IW estimator over a split; returns per-sentence tensors in split order."""
+    """Run the IW estimator over a split; returns per-sentence tensors in split order. z, logvar
+    are the first sampled path (for MI); mean is averaged over the K paths (for AU)."""
     n = len(split.sequences)
     keys = ("log_marginal", "log_marginal_layer_mean", "rec_nll", "n_pred")
     acc = {key: torch.zeros(n) for key in keys}
@@ -59,55 +75,96 @@ def collect(model, split, k: int, batch_size: int, device) -> dict[str, torch.Te
         acc["rec_nll"][rows] = est.rec_nll.cpu()
         acc["n_pred"][rows] = mask[:, 1:].sum(1).cpu()
         acc["kl"][rows] = est.kl.cpu()
-        for key, value in (("z", post.z[0]), ("mean", post.mean[0]), ("logvar", post.logvar[0]),
+        for key, value in (("z", post.z[0]), ("mean", path_averaged_means(post)), ("logvar", post.logvar[0]),
                            ("features", est.features)):
             acc[key][rows] = value.cpu()
     return acc
 
 
+@torch.no_grad()
+def posterior_means(model, split, k: int, batch_size: int, device) -> torch.Tensor:
+    """E_q[z | x] (N, G, p) over k paths, as `collect` computes it, from the encoder and latent
+    heads alone (no decoder pass)."""
+    means = torch.zeros(len(split.sequences), model.n_groups, model.latent_size)
+    for idx in length_sorted_batches(split.sequences, batch_size):
+        ids, mask = collate([split.sequences[i] for i in idx], model.vocab.pad_id, device)
+        means[torch.tensor(idx)] = path_averaged_means(model.sample_posterior(model.encode(ids, mask), k)).cpu()
+    return means
+
+
+def ppl_metrics(acc: dict, k: int, n_groups: int) -> dict[str, dict]:
+    n = acc["rec_nll"].shape[0]
+    log_marginal = {"hierarchical": acc["log_marginal"].sum().item(),
+                    "layer-mean": acc["log_marginal_layer_mean"].sum().item()}
+    words = {"bpe+eos": acc["n_pred"].sum().item()}
+    words["bos+bpe+eos"] = words["bpe+eos"] + n
+    kind = "exact" if n_groups == 0 else "importance-weighted"
+    out = {}
+    for key, (_, estimator, count) in PPL_CONVENTIONS.items():
+        out[key] = METRICS[key].entry(math.exp(-log_marginal[estimator] / words[count]),
+            signature=f"K={k}|est={estimator}|words={count}|n={n}",
+            details={"word_count": words[count], "estimator": kind})
+    out["iw_nll"] = METRICS["iw_nll"].entry(-log_marginal["hierarchical"] / n,
+                                            signature=f"K={k}|est=hierarchical|n={n}")
+    return out
+
+
+def mi_entry(model, acc: dict, mi_batch_size: int | None) -> dict:
+    n = acc["z"].shape[0]
+    try:
+        device = next(model.parameters()).device  # `collect` keeps the per-sentence tensors on the CPU
+        on_device = {key: acc[key].to(device) for key in ("features", "z", "logvar")}
+        mi = mutual_information(model, on_device["features"], on_device["z"], on_device["logvar"], mi_batch_size)
+    except TooFewExamples as err:
+        return METRICS["mi"].entry(None, error=f"not computable: {err}")
+    levels = "|hierarchical" if model.n_groups > 1 else ""
+    return METRICS["mi"].entry(mi.value, stderr=bootstrap_stderr(mi.paired),
+        signature=f"paired log q(z_i|x_i)-log q_agg(z_i)|M={mi.m}{levels}|n={n}|bootstrap SE",
+        details={"he2019": mi.he2019.mean().item(), "he2019_stderr": bootstrap_stderr(mi.he2019),
+                 "upper_bound_log_M": math.log(mi.m)})
+
+
+def au_entries(means: torch.Tensor, k: int) -> dict[str, dict]:
+    _, G, p = means.shape
+    out = {}
+    for key, delta in AU_THRESHOLDS.items():
+        try:
+            active = active_units(means, delta)
+        except TooFewExamples as err:
+            out[key] = METRICS[key].entry(None, error=f"not computable: {err}")
+            continue
+        out[key] = METRICS[key].entry(active.sum().item() / G,
+            signature=f"delta={delta}|>=|E_q[z|x] over K={k} paths|mean count per group of {p}",
+            details={"per_group": active.sum(1).tolist(), "total": int(active.sum()), "dims": G * p})
+    return out
+
+
 def representation_metrics(model, acc: dict, k: int, mi_batch_size: int | None) -> dict[str, dict]:
     n = acc["rec_nll"].shape[0]
-    words = acc["n_pred"].sum().item()
-    nll_total = -acc["log_marginal"].sum().item()
-    G, p = model.n_groups, model.latent_size
-    sig = f"K={k}|words=bpe+eos|n={n}"
-    out = {
-        "iw_ppl": METRICS["iw_ppl"].entry(math.exp(nll_total / words), signature=sig,
-            details={"word_count": words, "estimator": "exact" if G == 0 else "importance-weighted"}),
-        "iw_nll": METRICS["iw_nll"].entry(nll_total / n, signature=sig),
-    }
+    try:
+        require_examples("iw", n)
+    except TooFewExamples as err:
+        return {key: spec.entry(None, error=f"not computable: {err}") for key, spec in METRICS.items()}
+    G = model.n_groups
+    out = ppl_metrics(acc, k, G)
     if G == 0:
-        for key in ("neg_elbo", "kl", "mi", "au"):
+        for key in ("neg_elbo", "kl", "mi", *AU_THRESHOLDS):
             out[key] = METRICS[key].entry(None, error=NO_LATENT)
         return out
     kl_total = acc["kl"].sum(1)
-    out["neg_elbo"] = METRICS["neg_elbo"].entry((acc["rec_nll"] + kl_total).mean().item(), signature=sig,
-        details={"reconstruction_nll": acc["rec_nll"].mean().item()})
+    out["neg_elbo"] = METRICS["neg_elbo"].entry((acc["rec_nll"] + kl_total).mean().item(),
+        signature=f"K={k}|n={n}", details={"reconstruction_nll": acc["rec_nll"].mean().item()})
     out["kl"] = METRICS["kl"].entry(kl_total.mean().item(), signature=f"analytic|sum over {G} group(s)",
         details={"per_group": acc["kl"].mean(0).tolist()})
-    m = mi_batch_size or n
-    mi = mutual_information(model, acc["features"], acc["z"], acc["logvar"], mi_batch_size)
-    out["mi"] = METRICS["mi"].entry(mi, signature=f"He2019|M={m}|hierarchical" if G > 1 else f"He2019|M={m}",
-        details={"upper_bound_log_M": math.log(m)})
-    active02 = active_units(acc["mean"], 0.2)
-    active001 = active_units(acc["mean"], 0.01)
-    out["au"] = METRICS["au"].entry(active02.sum().item() / G,
-        signature=f"delta=0.2|>=|mean count per group of {p}",
-        details={"per_group": active02.sum(1).tolist()})
-    out["au_001"] = METRICS["au_001"].entry(active001.sum().item(),
-        signature=f"delta=0.01|>=|count over {G}x{p} dims")
-    if G > 1:  # the official code's layer-averaged estimator and word count (reference §8.1, D2, D9)
-        official_words = words + n
-        out["iw_ppl_official"] = METRICS["iw_ppl_official"].entry(
-            math.exp(-acc["log_marginal_layer_mean"].sum().item() / official_words),
-            signature=f"K={k}|layer-mean log p(z)-log q(z)|words=bpe+bos+eos",
-            details={"note": "not a bound on log p(x); for comparison with the code"})
+    out["mi"] = mi_entry(model, acc, mi_batch_size)
+    out.update(au_entries(acc["mean"], k))
     return out
 
 
 def probe_metrics(model, cfg, tokenizer, test_means: torch.Tensor, device, max_train: int = 2000) -> dict:
-    """Linear probe: logistic regression from posterior means (train split) to each known
-    attribute, accuracy on the evaluated split, beside the majority-class baseline."""
+    """Linear probe: logistic regression from posterior means E_q[z|x] (train split, as many paths
+    as the test means) to each known attribute, accuracy on the evaluated split, beside the
+    majority-class baseline."""
     from sklearn.linear_model import LogisticRegression
 
     from della.data.corpus import read_attributes
@@ -118,7 +175,7 @@ def probe_metrics(model, cfg, tokenizer, test_means: torch.Tensor, device, max_t
     train_split = load_split(cfg, "train", tokenizer, max_train)
     train_attrs = read_attributes(data / "train.attributes.jsonl")[:max_train]
     test_attrs = read_attributes(data / "test.attributes.jsonl")[: test_means.shape[0]]
-    train_means = collect(model, train_split, 1, cfg.evaluate.batch_size, device)["mean"]
+    train_means = posterior_means(model, train_split, cfg.evaluate.iw_samples, cfg.evaluate.batch_size, device)
     x_train, x_test = train_means.flatten(1).numpy(), test_means.flatten(1).numpy()
     out = {}
     for attr in sorted(train_attrs[0]):
@@ -128,7 +185,8 @@ def probe_metrics(model, cfg, tokenizer, test_means: torch.Tensor, device, max_t
         values, counts = np.unique(y_train, return_counts=True)
         majority = float(np.mean(y_test == values[counts.argmax()]))
         out[f"probe_{attr}"] = MetricSpec(f"probe:{attr}", True, 3).entry(
-            float(np.mean(clf.predict(x_test) == y_test)), signature=f"logreg|train n={len(y_train)}|posterior means",
+            float(np.mean(clf.predict(x_test) == y_test)),
+            signature=f"logreg|train n={len(y_train)}|E_q[z|x] over K={cfg.evaluate.iw_samples} paths",
             details={"majority_baseline": majority})
     return out
 
@@ -137,12 +195,14 @@ def evaluate(run_dir: Path, split: str, out_path: Path) -> dict:
     cfg, model, tokenizer, device = load_trained(run_dir)
     data = load_split(cfg, split, tokenizer, cfg.evaluate.max_lines)
     start = time.perf_counter()
-    acc = collect(model, data, cfg.evaluate.iw_samples, cfg.evaluate.batch_size, device)
-    metrics = representation_metrics(model, acc, cfg.evaluate.iw_samples, cfg.evaluate.mi_batch_size)
-    if split == "test":
-        metrics.update(probe_metrics(model, cfg, tokenizer, acc["mean"], device))
+    with autocast(device, cfg.train.precision):
+        acc = collect(model, data, cfg.evaluate.iw_samples, cfg.evaluate.batch_size, device)
+        metrics = representation_metrics(model, acc, cfg.evaluate.iw_samples, cfg.evaluate.mi_batch_size)
+        if split == "test":
+            metrics.update(probe_metrics(model, cfg, tokenizer, acc["mean"], device))
     result = {"kind": "eval", "metrics": metrics, "split": split, "data": data.summary(),
-              "config": cfg.to_dict(), "seed": cfg.seed, "seconds": time.perf_counter() - start,
+              "config": cfg.to_dict(), "seed": cfg.seed, "precision": cfg.train.precision,
+              "seconds": time.perf_counter() - start,
               "provenance": provenance(device)}
     atomic_write_json(out_path, result)
     return result

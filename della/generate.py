@@ -1,15 +1,17 @@
 """`python -m della generate --run RUN_DIR --out samples.txt`: text from the prior.
 
 z is drawn from the prior (DELLA: layer by layer, z_l ~ p(z_l | z_<l)), then decoded with a KV
-cache by greedy search, beam search, or top-k / top-p sampling. Every sample starts from <s>;
-the settings and the seed are recorded in samples.json beside the text.
+cache by greedy search, beam search, or top-k / top-p sampling. Every sample starts from <s>.
+The decoding settings are the run config's `generate` section, each overridable by a flag
+(`--strategy`, `--top-k`, ..., `--seed`); the settings used and the seed are recorded in
+samples.json beside the text.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -137,17 +139,46 @@ def generate_texts(model: LatentModel, tokenizer, cfg: GenerateConfig, seed: int
     return texts
 
 
+# flag -> GenerateConfig field; each flag overrides the run config's `generate` section
+DECODING_FLAGS = {
+    "--strategy": ("strategy", str, "sample | greedy | beam"),
+    "--top-k": ("top_k", int, "sample: keep the k most likely tokens (0: all)"),
+    "--top-p": ("top_p", float, "sample: keep the smallest set with this probability"),
+    "--temperature": ("temperature", float, "sample: divide the logits by this"),
+    "--num-beams": ("num_beams", int, "beam: hypotheses per sample"),
+    "--repetition-penalty": ("repetition_penalty", float, "CTRL's penalty on tokens already generated (1: off)"),
+    "--max-new-tokens": ("max_new_tokens", int, "tokens after <s>, </s> included"),
+    "--min-new-tokens": ("min_new_tokens", int, "</s> is blocked before this many tokens"),
+    "--n-samples": ("n_samples", int, "how many samples"),
+    "--batch-size": ("batch_size", int, "samples decoded together"),
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run directory of a trained model")
     p.add_argument("--out", required=True, help="samples.txt (samples.json is written beside it)")
+    decoding = p.add_argument_group("decoding (default: the run config's `generate` section)")
+    for flag, (field, kind, help_text) in DECODING_FLAGS.items():
+        decoding.add_argument(flag, dest=field, type=kind, default=None, help=help_text,
+                              choices=("sample", "greedy", "beam") if field == "strategy" else None)
+    decoding.add_argument("--seed", type=int, default=None, help="sampling seed (default: the run's seed)")
+
+
+def decoding_settings(cfg: GenerateConfig, args: argparse.Namespace) -> GenerateConfig:
+    """The run config's generate section with every flag given on the command line applied."""
+    fields = [field for field, _, _ in DECODING_FLAGS.values()]
+    given = {field: getattr(args, field) for field in fields if getattr(args, field) is not None}
+    return replace(cfg, **given)
 
 
 def run(args: argparse.Namespace) -> None:
     cfg, model, tokenizer, device = load_trained(args.run)
-    texts = generate_texts(model, tokenizer, cfg.generate, seed=cfg.seed)
+    settings = decoding_settings(cfg.generate, args)
+    seed = cfg.seed if args.seed is None else args.seed
+    texts = generate_texts(model, tokenizer, settings, seed=seed)
     out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), {"kind": "samples", "settings": asdict(cfg.generate),
-                                                 "seed": cfg.seed, "n": len(texts),
+    atomic_write_json(out.with_suffix(".json"), {"kind": "samples", "settings": asdict(settings),
+                                                 "seed": seed, "n": len(texts),
                                                  "empty": sum(1 for t in texts if not t),
                                                  "provenance": provenance(device)})
     atomic_write_text(out, "".join(t + "\n" for t in texts))

@@ -2,7 +2,8 @@
 
 - `python -m della curves`: the learning curves of one run from its `train-log.jsonl` (the paper's
   Fig. 5): reconstruction CE per step (train) and per epoch (valid), the KL of every latent group
-  (for DELLA, group l is the latent of the l-th injected layer), and β.
+  (for DELLA, group l is the latent of the l-th injected layer), and β; the LM (no latent) has the
+  CE panel only.
 - `python -m della samples-page`: the first generated samples of a run, with the generation
   settings of its `samples.json`, as one HTML page.
 - `python -m della provenance`: config, seed, versions, git commit and device of every run, from
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 
 PAGE_STYLE = ("body{font-family:sans-serif;font-size:14px}table{border-collapse:collapse;margin:6px 0}"
               "th,td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}"
-              "pre{background:#f6f6f6;padding:6px}ol li{margin:2px 0}.differs{background:#fde8c8}")
+              "pre{background:#f6f6f6;padding:6px}ol li{margin:2px 0}.differs{background:#fde8c8}"
+              "td.name{white-space:nowrap}")  # model names such as della-official stay on one line
 
 
 def html_page(title: str, body: list[str]) -> str:
@@ -74,40 +76,46 @@ def binned(values: list[float], size: int) -> list[float]:
 
 
 def plot_learning_curves(records: list[dict[str, Any]], title: str, max_points: int = MAX_POINTS):
-    """A matplotlib Figure: CE, KL per latent group and β over optimizer steps (one panel each)."""
+    """A matplotlib Figure over optimizer steps: CE, then for a latent model the KL of every group and
+    β (one panel each); a model without a latent (the LM) has no KL and no β, so only the CE panel."""
     from matplotlib.figure import Figure
 
     train = [r for r in records if r["split"] == "train"]
-    valid = [r for r in records if r["split"] == "valid" and "ce" in r]
     size = -(-len(train) // max_points)  # steps per plotted point
-
     steps = binned([r["step"] for r in train], size)
-    fig = Figure(figsize=(7.5, 7), layout="constrained")
-    ax_ce, ax_kl, ax_beta = fig.subplots(3, 1, sharex=True, height_ratios=[2, 2, 1])
-    fig.suptitle(title)
-
-    ax_ce.plot(steps, binned([r["ce"] for r in train], size), lw=0.8,
-               label="train" if size == 1 else f"train (mean of {size} steps)")
-    if valid:
-        ax_ce.plot([r["step"] for r in valid], [r["ce"] for r in valid], "o-", ms=4, label="valid (epoch end)")
-    ax_ce.set_ylabel("reconstruction CE\n(nats / sentence)")
-    ax_ce.legend(fontsize=8)
-
     n_groups = max((len(r.get("kl_groups") or []) for r in train), default=0)
+    if n_groups:
+        fig = Figure(figsize=(7.5, 7), layout="constrained")
+        ax_ce, ax_kl, ax_beta = fig.subplots(3, 1, sharex=True, height_ratios=[2, 2, 1])
+        plot_kl(ax_kl, train, steps, size, n_groups)
+        ax_beta.plot(steps, binned([r["beta"] for r in train], size), lw=0.8, color="black")
+        ax_beta.set_ylabel("β")
+        ax_beta.set_xlabel("optimizer step")
+    else:
+        fig = Figure(figsize=(7.5, 3.5), layout="constrained")
+        ax_ce = fig.subplots()
+        ax_ce.set_xlabel("optimizer step (no latent variable: no KL, no β)")
+    fig.suptitle(title)
+    plot_ce(ax_ce, records, train, steps, size)
+    return fig
+
+
+def plot_ce(ax, records, train, steps, size) -> None:
+    valid = [r for r in records if r["split"] == "valid" and "ce" in r]
+    ax.plot(steps, binned([r["ce"] for r in train], size), lw=0.8,
+            label="train" if size == 1 else f"train (mean of {size} steps)")
+    if valid:
+        ax.plot([r["step"] for r in valid], [r["ce"] for r in valid], "o-", ms=4, label="valid (epoch end)")
+    ax.set_ylabel("reconstruction CE\n(nats / sentence)")
+    ax.legend(fontsize=8)
+
+
+def plot_kl(ax, train, steps, size, n_groups) -> None:
     for g in range(n_groups):
         kl = [(r.get("kl_groups") or [float("nan")] * n_groups)[g] for r in train]
-        ax_kl.plot(steps, binned(kl, size), lw=0.8, label=f"KL $z_{{{g + 1}}}$")
-    if n_groups:
-        ax_kl.legend(fontsize=8, ncols=min(n_groups, 4))
-    else:
-        ax_kl.text(0.5, 0.5, "no latent variable", ha="center", va="center", transform=ax_kl.transAxes)
-        ax_kl.set_yticks([])
-    ax_kl.set_ylabel("KL per group\n(nats / sentence)")
-
-    ax_beta.plot(steps, binned([r["beta"] for r in train], size), lw=0.8, color="black")
-    ax_beta.set_ylabel("β")
-    ax_beta.set_xlabel("optimizer step")
-    return fig
+        ax.plot(steps, binned(kl, size), lw=0.8, label=f"KL $z_{{{g + 1}}}$")
+    ax.legend(fontsize=8, ncols=min(n_groups, 4))
+    ax.set_ylabel("KL per group\n(nats / sentence)")
 
 
 def save_figure(fig, out: str | Path) -> None:
@@ -203,7 +211,7 @@ def provenance_page(paths: list[Path]) -> str:
     lines = []
     for ((dataset, model, seed), _, _), row in zip(runs, rows):
         cells = [dataset, model, seed] + [row[c] for c in PROVENANCE_COLUMNS]
-        classes = [""] * 3 + [' class="differs"' if c in differs else "" for c in PROVENANCE_COLUMNS]
+        classes = [' class="name"'] * 3 + [' class="differs"' if c in differs else "" for c in PROVENANCE_COLUMNS]
         lines.append("<tr>" + "".join(f"<td{k}>{html.escape(str(v))}</td>" for k, v in zip(classes, cells))
                      + "</tr>")
     body = [f"<p>{len(runs)} run(s). Highlighted columns differ between runs"

@@ -2,7 +2,9 @@
 
 results/runs/<dataset>/<model>/seed<seed>/
   config.yaml        the resolved run config (input)
-  checkpoint/last.pt resume state after each epoch (model, optimizer, RNG, β, log length)
+  checkpoint/        last.pt and previous.pt: resume state after the last two finite epochs (model,
+                     optimizer, RNG, β, log length, the fingerprint of the training recipe)
+  checkpoint.stale/  checkpoints of an earlier recipe, moved aside when training starts afresh
   model/             the final model (config.json + model.pt), self-describing
   train-log.jsonl    one line per optimizer step (and per-epoch validation lines)
   run.json           provenance, costs and training summary; written last
@@ -30,8 +32,20 @@ class RunDir:
         return self.root / "config.yaml"
 
     @property
+    def checkpoint_dir(self) -> Path:
+        return self.root / "checkpoint"
+
+    @property
     def checkpoint(self) -> Path:
-        return self.root / "checkpoint" / "last.pt"
+        return self.checkpoint_dir / "last.pt"
+
+    @property
+    def previous_checkpoint(self) -> Path:
+        return self.checkpoint_dir / "previous.pt"
+
+    @property
+    def stale_checkpoints(self) -> Path:
+        return self.root / "checkpoint.stale"
 
     @property
     def model(self) -> Path:

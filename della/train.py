@@ -1,9 +1,12 @@
 """`python -m della train --config run.yaml --out RUN_DIR`: train one model, resumably.
 
 AdamW, gradient accumulation, the official cyclical β schedule (or constant β), a JSONL line per
-optimizer step, a checkpoint after every epoch. A rerun after a kill resumes from the last
-checkpoint and ends with the same numbers as an uninterrupted run: batch order is a function of
-(seed, epoch) and the RNG states are checkpointed.
+optimizer step, a checkpoint after every finite epoch (the last two are kept). A checkpoint
+records the fingerprint of its training recipe (the config keys that determine the weights, and
+the checksums of the data and tokenizer); a rerun resumes it only when the fingerprint matches
+(`train.resume`, README "Resuming") and then ends with the same numbers as an uninterrupted run:
+batch order is a function of (seed, epoch), the RNG states are checkpointed and validation draws
+from its own seeded stream. Checkpoints load with `weights_only=True` (plain data and tensors).
 
 Data-parallel: `torchrun --nproc_per_node N -m della train ...` runs the same command with
 DistributedDataParallel (NCCL on GPUs, gloo on CPUs). `train.batch_size` is per process, so the
@@ -14,11 +17,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
+import math
 import os
+import pickle
 import random
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -29,8 +36,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from della.batches import EncodedSplit, collate, encode_split, length_sorted_batches, shuffled_batches
-from della.config import RunConfig, TrainConfig
-from della.io import atomic_write, atomic_write_json, atomic_write_text
+from della.config import ConfigError, RunConfig, TrainConfig
+from della.flops import matmul_precision, peak_tflops, train_flops_per_token
+from della.io import atomic_write_binary, atomic_write_json, atomic_write_text, md5sum, naming_a_full_disk
 from della.models import LatentModel, Vocab, build_model
 from della.provenance import provenance
 from della.run import RunDir, setup
@@ -41,23 +49,31 @@ log = logging.getLogger(__name__)
 class BetaSchedule:
     """β per optimizer step. `cyclical` is the official code's (reference §4): with period C
     epochs, β = β0 in epochs where (epoch mod C) < C//2; otherwise after each optimizer step
-    β += (β_max - β0) / ((C//2) * S / 2), capped at β_max; S = optimizer steps per epoch."""
+    β += (β_max - β0) / ((C//2) * S / 2), capped at β_max; S = optimizer steps per epoch.
+    `monotonic` ramps once, linearly from β0 to β_max over the first W = warmup_epochs epochs
+    (W * S steps), then holds β_max; `constant` holds β_max."""
+
+    KINDS = ("cyclical", "monotonic", "constant")
 
     def __init__(self, cfg: TrainConfig, steps_per_epoch: int):
-        if cfg.beta_schedule not in ("cyclical", "constant"):
-            raise ValueError(f"train.beta_schedule = {cfg.beta_schedule!r}; expected 'cyclical' or 'constant'")
+        if cfg.beta_schedule not in self.KINDS:
+            raise ValueError(f"train.beta_schedule = {cfg.beta_schedule!r}; expected one of {self.KINDS}")
         if cfg.beta_schedule == "cyclical" and cfg.cycle_epochs < 2:
             raise ValueError(f"train.cycle_epochs = {cfg.cycle_epochs}: the cyclical schedule needs C >= 2")
+        if cfg.beta_schedule == "monotonic" and cfg.warmup_epochs <= 0:
+            raise ValueError(f"train.warmup_epochs = {cfg.warmup_epochs}: the monotonic schedule needs W > 0")
         self.cfg = cfg
-        self.ramp = (cfg.beta - cfg.beta_0) / ((cfg.cycle_epochs // 2) * steps_per_epoch / 2)
+        ramp_steps = {"cyclical": (cfg.cycle_epochs // 2) * steps_per_epoch / 2,
+                      "monotonic": cfg.warmup_epochs * steps_per_epoch}.get(cfg.beta_schedule, 1)
+        self.ramp = (cfg.beta - cfg.beta_0) / ramp_steps
 
     def initial(self) -> float:
-        return self.cfg.beta_0 if self.cfg.beta_schedule == "cyclical" else self.cfg.beta
+        return self.cfg.beta if self.cfg.beta_schedule == "constant" else self.cfg.beta_0
 
     def after_step(self, beta: float, epoch: int) -> float:
         if self.cfg.beta_schedule == "constant":
             return beta
-        if epoch % self.cfg.cycle_epochs < self.cfg.cycle_epochs // 2:
+        if self.cfg.beta_schedule == "cyclical" and epoch % self.cfg.cycle_epochs < self.cfg.cycle_epochs // 2:
             return self.cfg.beta_0
         return min(self.cfg.beta, beta + self.ramp)
 
@@ -82,12 +98,28 @@ def new_model(cfg: RunConfig, tokenizer) -> LatentModel:
     return model
 
 
-def make_optimizer(model: LatentModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+def use_fused_adam(cfg: TrainConfig, device: torch.device) -> bool:
+    """train.fused_adam: auto -> the fused kernel on CUDA (one launch for all parameters)."""
+    return device.type == "cuda" if cfg.fused_adam == "auto" else cfg.fused_adam
+
+
+def make_optimizer(model: LatentModel, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
+                             fused=use_fused_adam(cfg, device))
+
+
+def autocast(device: torch.device, precision: str):
+    """train.precision: bf16 autocasts the forward (matmuls in bf16); the models keep the KL,
+    log-densities and cross-entropy in fp32 (della.models.base). fp32 leaves every op untouched."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG stream as tensors, lists and numbers, so a checkpoint loads with weights_only=True."""
+    version, python_state, gauss = random.getstate()
+    _, key, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [version, list(python_state), gauss],
+             "numpy": [torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -95,25 +127,92 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, python_state, gauss = state["python"]
+    random.setstate((version, tuple(python_state), gauss))
+    key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @torch.no_grad()
-def validate(model: LatentModel, split: EncodedSplit, batch_size: int, device) -> dict:
-    """Mean per-sentence CE and KL (one posterior sample) on a split, β-free."""
+def validate(model: LatentModel, split: EncodedSplit, batch_size: int, device, seed: int,
+             precision: str = "fp32") -> dict:
+    """Mean per-sentence CE and KL (one posterior sample) on a split, β-free. The posterior noise
+    comes from a stream seeded here, so validation never moves the training RNG: evaluate.* cannot
+    change the trained weights, and a rerun of a finished run reproduces its final validation."""
     model.eval()
     ce = kl = 0.0
-    for idx in length_sorted_batches(split.sequences, batch_size):
-        ids, mask = collate([split.sequences[i] for i in idx], model.vocab.pad_id, device)
-        out = model.loss(ids, mask, beta=1.0)
-        ce += out.ce.sum().item()
-        kl += out.kl.sum().item()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(device, precision):
+        torch.manual_seed(seed)
+        for idx in length_sorted_batches(split.sequences, batch_size):
+            ids, mask = collate([split.sequences[i] for i in idx], model.vocab.pad_id, device)
+            out = model.loss(ids, mask, beta=1.0)
+            ce += out.ce.sum().item()
+            kl += out.kl.sum().item()
     model.train()
     n = len(split.sequences)
     return {"ce": ce / n, "kl": kl / n}
+
+
+def training_recipe(cfg: RunConfig, tokenizer, world_size: int) -> dict:
+    """What determines the trained weights: the config's recipe plus the data and tokenizer checksums."""
+    recipe = cfg.training_recipe()
+    tokenizer_json = Path(cfg.tokenizer_dir) / "tokenizer.json"
+    recipe["architecture"]["tokenizer"] = {
+        "tokenizer.json": md5sum(tokenizer_json), "vocab_size": tokenizer.vocab_size,
+        "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id}
+    recipe["data"] = {f"{split}.txt": md5sum(Path(cfg.data_dir) / f"{split}.txt") for split in ("train", "valid")}
+    recipe["optimisation"]["world_size"] = world_size
+    return recipe
+
+
+def fingerprint(recipe: dict) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def recipe_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every leaf that differs (dotted keys)."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += recipe_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changes
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """Never skipped like a corrupt file: a pickle with code in it is worth stopping for."""
+
+
+CHECKPOINT_KEYS = {"model", "optimizer", "epoch", "step", "beta", "log_lines", "train_seconds", "tokens_seen",
+                   "rng", "fingerprint", "recipe", "warm_start"}
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """A checkpoint's state; CheckpointError for a corrupt one, UnsafeCheckpoint for a foreign pickle."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise UnsafeCheckpoint(
+                f"{path}: refused to load: it holds objects other than tensors and plain data, which "
+                f"della-bench never writes, and unpickling them could run code (a foreign or tampered "
+                f"file, or one written before checkpoints were made safe). Delete it, or set "
+                f"train.resume: never to move it aside and train from scratch") from None
+        raise CheckpointError(f"{path}: corrupt checkpoint ({err})") from None
+    except Exception as err:  # torch reports a truncated zip as RuntimeError, garbage as KeyError, ...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({reason})") from None
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+        raise CheckpointError(f"{path}: not a della-bench checkpoint (missing keys)")
+    return state
 
 
 class Distributed:
@@ -129,6 +228,9 @@ class Distributed:
         if self.world == 1:
             return device
         if device.type == "cuda":
+            if self.local_rank >= torch.cuda.device_count():
+                raise ValueError(f"torchrun started more processes per node than the {torch.cuda.device_count()} "
+                                 f"visible GPU(s): NCCL needs one GPU per process (LOCAL_RANK {self.local_rank})")
             device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -176,10 +278,16 @@ class Trainer:
         torch.manual_seed(cfg.seed * 1_000 + self.dist.rank)  # own dropout and posterior noise per rank
         self.trained = self.model if self.dist.world == 1 else DistributedDataParallel(
             self.model, find_unused_parameters=self._has_unused_parameters())
-        self.optimizer = make_optimizer(self.model, tc)
+        if tc.compile:  # fallback_random: the eager RNG stream, so compiled and eager steps draw the same noise
+            self.trained = torch.compile(self.trained, options={"fallback_random": True})
+        self.optimizer = make_optimizer(self.model, tc, self.device)
         self.schedule = BetaSchedule(tc, self.steps_per_epoch)
         self.epoch, self.step, self.beta, self.log_lines = 0, 0, self.schedule.initial(), 0
         self.train_seconds, self.tokens_seen = 0.0, 0
+        self.recipe = training_recipe(cfg, self.tokenizer, self.dist.world)
+        self.fingerprint = fingerprint(self.recipe)
+        self.warm_start = None  # set when train.resume = weights-only took another recipe's weights
+        self.resumed_from = None
 
     def _has_unused_parameters(self) -> bool:
         """One probe step (e.g. DELLA's first prior net is unused under p(z_1) = N(0, I))."""
@@ -191,31 +299,95 @@ class Trainer:
 
     # --- checkpointing ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        """After a finite epoch: last.pt becomes previous.pt, then the new state is written as last.pt."""
         rng = self.dist.gather(rng_state())  # every rank's streams, so a resume is exact
         if self.dist.is_main:
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "epoch": self.epoch, "step": self.step, "beta": self.beta, "log_lines": self.log_lines,
                      "train_seconds": self.train_seconds, "tokens_seen": self.tokens_seen, "rng": rng,
-                     "world_size": self.dist.world}
-            atomic_write(self.run.checkpoint, lambda tmp: torch.save(state, tmp))
+                     "fingerprint": self.fingerprint, "recipe": json.dumps(self.recipe, sort_keys=True),
+                     "warm_start": self.warm_start}
+            if self.run.checkpoint.exists():
+                os.replace(self.run.checkpoint, self.run.previous_checkpoint)
+            atomic_write_binary(self.run.checkpoint, lambda f: torch.save(state, f))
         self.dist.barrier()
 
-    def try_resume(self) -> bool:
-        if not self.run.checkpoint.exists():
-            return False
-        state = torch.load(self.run.checkpoint, map_location=self.device, weights_only=False)
-        if state["world_size"] != self.dist.world:
-            raise ValueError(f"{self.run.checkpoint} was written by {state['world_size']} process(es); "
-                             f"resume it with the same number (now {self.dist.world})")
+    def resume(self) -> None:
+        """Continue from the newest usable checkpoint (train.resume), or move the others aside."""
+        found, stale = self._usable_checkpoint()
+        self.dist.barrier()  # every rank has read the checkpoints before rank 0 may move them
+        if found is None:
+            if self.dist.is_main:
+                if stale:
+                    self._move_checkpoints_aside(stale)
+                self._truncate_log(0)
+            return
+        path, state = found
+        warm = state["fingerprint"] != self.fingerprint
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if warm:  # weights-only: a fresh optimizer at the current train.*, this run's seeded RNG streams
+            self.warm_start = {"checkpoint": str(path), "epoch": state["epoch"], "fingerprint": state["fingerprint"]}
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.warm_start = state["warm_start"]
+            set_rng_state(state["rng"][self.dist.rank])
         for key in ("epoch", "step", "beta", "log_lines", "train_seconds", "tokens_seen"):
             setattr(self, key, state[key])
-        set_rng_state(state["rng"][self.dist.rank])
         if self.dist.is_main:
             self._truncate_log(self.log_lines)  # drop lines of the interrupted epoch
-        log.info("resumed from %s after epoch %d (step %d)", self.run.checkpoint, self.epoch, self.step)
-        return True
+        self.resumed_from = {"checkpoint": str(path), "epoch": self.epoch, "weights_only": warm}
+        log.info("resumed from %s after epoch %d (step %d)%s", path, self.epoch, self.step,
+                 ": its weights only, with a fresh optimizer (train.resume = weights-only)" if warm else "")
+
+    def _usable_checkpoint(self) -> tuple[tuple[Path, dict] | None, str | None]:
+        """((path, state) of the newest checkpoint train.resume allows, None); a corrupt one falls back
+        to the previous one. (None, why) when there are checkpoints but none may be resumed."""
+        paths = [p for p in (self.run.checkpoint, self.run.previous_checkpoint) if p.exists()]
+        if not paths:
+            return None, None
+        if self.cfg.train.resume == "never":
+            return None, "train.resume = never"
+        corrupt, unusable = [], []
+        for path in paths:
+            try:
+                state = load_checkpoint(path, self.device)
+            except UnsafeCheckpoint:
+                raise
+            except CheckpointError as err:
+                log.warning("%s; skipping it", err)
+                corrupt.append(str(err))
+                continue
+            why = self._why_not_resumable(state)
+            if why is None:
+                if corrupt:
+                    log.warning("falling back to the previous good checkpoint %s", path)
+                return (path, state), None
+            unusable.append(f"{path.name}: {why}")
+        if not unusable:
+            raise CheckpointError(f"{'; '.join(corrupt)}; no good checkpoint is left: delete "
+                                  f"{self.run.checkpoint_dir} or set train.resume: never to train from scratch")
+        return None, "; ".join(unusable)
+
+    def _why_not_resumable(self, state: dict) -> str | None:
+        if state["epoch"] > self.cfg.train.epochs:
+            return f"written after epoch {state['epoch']}, beyond train.epochs = {self.cfg.train.epochs}"
+        if state["fingerprint"] == self.fingerprint:
+            return None
+        old = json.loads(state["recipe"])
+        if self.cfg.train.resume != "weights-only":
+            return f"the training recipe changed ({', '.join(recipe_changes(old, self.recipe))})"
+        if old["architecture"] != self.recipe["architecture"]:
+            arch = ", ".join(recipe_changes(old["architecture"], self.recipe["architecture"]))
+            raise CheckpointError(f"train.resume = weights-only: the weights of {self.run.checkpoint_dir} do not "
+                                  f"fit this model ({arch}); set train.resume: never to train from scratch")
+        return None
+
+    def _move_checkpoints_aside(self, why: str) -> None:
+        stale = self.run.stale_checkpoints
+        shutil.rmtree(stale, ignore_errors=True)
+        os.replace(self.run.checkpoint_dir, stale)
+        log.warning("not resuming (%s): moved %s aside to %s; training from scratch",
+                    why, self.run.checkpoint_dir, stale)
 
     def _truncate_log(self, n: int) -> None:
         lines = self.run.train_log.read_text().splitlines(keepends=True) if self.run.train_log.exists() else []
@@ -224,7 +396,7 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if not self.dist.is_main:
             return
-        with self.run.train_log.open("a") as f:
+        with naming_a_full_disk(self.run.train_log), self.run.train_log.open("a") as f:
             f.write(json.dumps(record) + "\n")
         self.log_lines += 1
 
@@ -232,8 +404,7 @@ class Trainer:
     def fit(self) -> dict:
         tc = self.cfg.train
         self.run.root.mkdir(parents=True, exist_ok=True)
-        if not self.try_resume() and self.dist.is_main:
-            self._truncate_log(0)
+        self.resume()
         self.model.train()
         total = tc.epochs * self.steps_per_epoch
         valid = None
@@ -243,48 +414,104 @@ class Trainer:
                 start = time.perf_counter()
                 self._train_epoch(bar)
                 self.train_seconds += time.perf_counter() - start
+                valid = self.dist.gather(self._validate() if self.dist.is_main else None)[0]
+                self._check_finite(valid)
                 if self.dist.is_main:
-                    valid = validate(self.model, self.valid_split, self.cfg.evaluate.batch_size, self.device)
                     self._log({"split": "valid", "epoch": self.epoch, "step": self.step, **valid})
                 self.epoch += 1
                 self.save_checkpoint()
+                if self.dist.is_main:
+                    self._report_progress(valid, time.perf_counter() - start)
+        if valid is None and self.dist.is_main:  # a finished run reused: its final validation, recomputed
+            valid = self._validate()
         return valid
 
+    def _report_progress(self, valid: dict, epoch_seconds: float) -> None:
+        """One line per epoch (the workflow shows these on the terminal; the tqdm bar stays in the log)."""
+        left = (self.cfg.train.epochs - self.epoch) * epoch_seconds
+        log.info("progress %s: epoch %d/%d done, step %d, valid ce %.3f kl %.3f, ETA %s",
+                 self.run.root, self.epoch, self.cfg.train.epochs, self.step,
+                 valid["ce"], valid["kl"], time.strftime("%H:%M:%S", time.gmtime(left)))
+
+    def _validate(self) -> dict:
+        return validate(self.model, self.valid_split, self.cfg.evaluate.batch_size, self.device, self.cfg.seed,
+                        self.cfg.train.precision)
+
+    def _check_finite(self, valid: dict) -> None:
+        """Only a finite epoch is checkpointed: finite validation and finite weights."""
+        bad = {k: v for k, v in valid.items() if not math.isfinite(v)}
+        if not bad and all(torch.isfinite(p).all() for p in self.model.parameters()):
+            return
+        what = f"validation {bad}" if bad else "weights"
+        raise FloatingPointError(f"non-finite {what} after epoch {self.epoch + 1}; {self._restart_hint()}")
+
+    def _restart_hint(self) -> str:
+        """Where the last good checkpoint is and the two ways to restart."""
+        if not self.run.checkpoint.exists():
+            return ("no epoch ended finite, so there is no checkpoint: lower train.lr (or set train.grad_clip) "
+                    "and rerun; a changed training recipe trains from scratch")
+        return (f"the last good checkpoint is {self.run.checkpoint} (after epoch {self.epoch}). To train from "
+                f"scratch, change the settings (e.g. lower train.lr) and rerun: a changed recipe never resumes "
+                f"(or set train.resume: never). To continue from that checkpoint's weights with a fresh "
+                f"optimizer at the new settings, also set train.resume: weights-only")
+
     def _train_epoch(self, bar) -> None:
+        """The hot loop never waits for the device: each step's sums (loss, ce, tokens, n, kl per
+        group) accumulate in a device tensor and reach the host once per logged step (and at the
+        end of the epoch), where the log lines and the finiteness check of every step since are done."""
         tc, seqs = self.cfg.train, self.train_split.sequences
         rank, bs = self.dist.rank, tc.batch_size
         batches = shuffled_batches(len(seqs), self.global_batch, seed=self.cfg.seed * 100_003 + self.epoch)
+        pending = []  # (step, beta, lr, device sums) of the steps since the last host sync
         for first in range(0, len(batches), tc.grad_accum):
             group = [b[rank * bs: (rank + 1) * bs] for b in batches[first: first + tc.grad_accum]]
             self.optimizer.zero_grad(set_to_none=True)
-            sums = torch.zeros(4 + self.model.n_groups, dtype=torch.float64)  # loss, ce, tokens, n, kl per group
+            sums = torch.zeros(4 + self.model.n_groups, dtype=torch.float64, device=self.device)
             for i, idx in enumerate(group):
-                ids, mask = collate([seqs[j] for j in idx], self.model.vocab.pad_id, self.device)
+                ids, mask = self._batch([seqs[j] for j in idx])
                 last = i == len(group) - 1
                 sync = contextlib.nullcontext() if last or self.dist.world == 1 else self.trained.no_sync()
                 with sync:
-                    out = self.trained(ids, mask, self.beta)
-                    if not torch.isfinite(out.loss):
-                        raise FloatingPointError(
-                            f"non-finite loss ({out.loss.item()}) at epoch {self.epoch}, step {self.step}; "
-                            f"the last good checkpoint is kept at {self.run.checkpoint}")
+                    with autocast(self.device, tc.precision):
+                        out = self.trained(ids, mask, self.beta)
                     (out.loss / len(group)).backward()
-                sums += torch.tensor([out.loss.item() * len(idx), out.ce.sum().item(), out.n_tokens.sum().item(),
-                                      len(idx), *out.kl.detach().sum(0).tolist()], dtype=torch.float64)
+                sums[:3] += torch.stack([out.loss.detach().double() * len(idx), out.ce.detach().sum().double(),
+                                         out.n_tokens.sum().double()])
+                sums[3] += len(idx)
+                sums[4:] += out.kl.detach().sum(0).double()
+            pending.append((self.step, self.beta, self.optimizer.param_groups[0]["lr"], self.dist.sum(sums)))
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
             self.optimizer.step()
-            loss, ce, tokens, n, *kl_groups = self.dist.sum(sums).tolist()
-            self.tokens_seen += int(tokens)
-            if self.step % tc.log_every == 0:
-                per_group = [k / n for k in kl_groups]
-                self._log({"split": "train", "epoch": self.epoch, "step": self.step, "beta": self.beta,
-                           "lr": self.optimizer.param_groups[0]["lr"], "loss": loss / n, "ce": ce / n,
-                           "ce_per_token": ce / max(tokens, 1), "kl": sum(per_group), "kl_groups": per_group})
             self.step += 1
             self.beta = self.schedule.after_step(self.beta, self.epoch)
             bar.update(1)
-            bar.set_postfix(ce=f"{ce / n:.2f}", beta=f"{self.beta:.2f}", refresh=False)
+            if (self.step - 1) % tc.log_every == 0 or first + tc.grad_accum >= len(batches):
+                self._flush(pending, bar)
+                pending = []
+
+    def _batch(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A padded batch on the device; on CUDA through pinned memory, so the copy does not wait
+        for the queued steps."""
+        if self.device.type != "cuda":
+            return collate(seqs, self.model.vocab.pad_id, self.device)
+        ids, mask = collate(seqs, self.model.vocab.pad_id)
+        return ids.pin_memory().to(self.device, non_blocking=True), mask.pin_memory().to(self.device, non_blocking=True)
+
+    def _flush(self, pending: list, bar) -> None:
+        """One host sync for the steps in `pending`: check each is finite, count its tokens, log it."""
+        rows = torch.stack([sums for *_, sums in pending]).tolist()
+        for (step, beta, lr, _), (loss, ce, tokens, n, *kl_groups) in zip(pending, rows):
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss ({loss / n}) in epoch {self.epoch + 1}, "
+                                         f"step {step}; {self._restart_hint()}")
+            self.tokens_seen += int(tokens)
+            if step % self.cfg.train.log_every == 0:
+                per_group = [k / n for k in kl_groups]
+                self._log({"split": "train", "epoch": self.epoch, "step": step, "beta": beta, "lr": lr,
+                           "loss": loss / n, "ce": ce / n, "ce_per_token": ce / max(tokens, 1),
+                           "kl": sum(per_group), "kl_groups": per_group})
+        bar.set_postfix(ce=f"{ce / n:.2f}", beta=f"{self.beta:.2f}", refresh=False)
 
 
 def peak_memory_mb(device: torch.device) -> dict:
@@ -294,14 +521,15 @@ def peak_memory_mb(device: torch.device) -> dict:
     return out
 
 
-def pin_config(cfg: RunConfig, run: RunDir) -> None:
-    """The run dir keeps the config it was trained with; resuming under another one is an error."""
-    if run.config.exists():
-        if RunConfig.load(run.config) != cfg:
-            raise ValueError(f"{run.config} differs from the given config: a run dir belongs to one config "
-                             f"(delete {run.root} or choose another --out)")
-        return
-    atomic_write_text(run.config, cfg.dump())
+def record_config(cfg: RunConfig, run: RunDir) -> None:
+    """The run dir keeps the config it was last trained with (evaluate and generate read it); the
+    checkpoints' fingerprint, not this file, decides what a rerun may reuse."""
+    try:
+        same = RunConfig.load(run.config) == cfg
+    except ConfigError:  # absent, or written by another version
+        same = False
+    if not same:
+        atomic_write_text(run.config, cfg.dump())
 
 
 def train(cfg: RunConfig, out: Path) -> dict | None:
@@ -309,8 +537,7 @@ def train(cfg: RunConfig, out: Path) -> dict | None:
     trainer = Trainer(cfg, out)
     try:
         if trainer.dist.is_main:
-            pin_config(cfg, trainer.run)
-        trainer.dist.barrier()
+            record_config(cfg, trainer.run)
         wall = time.perf_counter()
         valid = trainer.fit()
         summary = _finish(trainer, valid, wall) if trainer.dist.is_main else None
@@ -320,8 +547,31 @@ def train(cfg: RunConfig, out: Path) -> dict | None:
         trainer.dist.close()
 
 
+def speed_settings(tc: TrainConfig, device: torch.device) -> dict:
+    """The speed switches as this run resolved them (run.json `speed`)."""
+    allow_tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    return {"precision": tc.precision, "matmul": matmul_precision(tc.precision, allow_tf32),
+            "fused_adam": use_fused_adam(tc, device), "compile": tc.compile,
+            "attention": "torch.nn.functional.scaled_dot_product_attention"}
+
+
+def utilisation(trainer: Trainer, tokens_per_second: float) -> dict:
+    """Model FLOPs per predicted token (della.flops at the mean training length, the <s> position's
+    share included) and MFU = FLOP/s over the dense peak of every process's card, or null and why."""
+    bb, lengths = trainer.model.backbone, [len(s) for s in trainer.train_split.sequences]
+    mean_len = sum(lengths) / len(lengths)
+    per_token = train_flops_per_token(bb.n_layer, bb.n_embd, trainer.model.vocab.size, mean_len,
+                                      encoder=trainer.model.n_groups > 0) * mean_len / max(mean_len - 1, 1)
+    device = trainer.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    peak, why = peak_tflops(name, speed_settings(trainer.cfg.train, device)["matmul"])
+    mfu = None if peak is None else tokens_per_second * per_token / (peak * 1e12 * trainer.dist.world)
+    return {"flops_per_token": per_token, "peak_tflops": peak, "mfu": mfu, **({"mfu_note": why} if why else {})}
+
+
 def _finish(trainer: Trainer, valid: dict, wall: float) -> dict:
     cfg = trainer.cfg
+    tokens_per_second = trainer.tokens_seen / max(trainer.train_seconds, 1e-9)
     trainer.model.save_pretrained(trainer.run.model)
     model = trainer.model
     summary = {
@@ -333,10 +583,11 @@ def _finish(trainer: Trainer, valid: dict, wall: float) -> dict:
         "latent": {"groups": model.n_groups, "size": model.latent_size},
         "data": {"train": trainer.train_split.summary(), "valid": trainer.valid_split.summary()},
         "steps": trainer.step, "epochs": trainer.epoch,
+        "fingerprint": trainer.fingerprint, "resumed_from": trainer.resumed_from, "warm_start": trainer.warm_start,
+        "speed": speed_settings(cfg.train, trainer.device),
         "cost": {"train_seconds": trainer.train_seconds, "wall_seconds_this_process": time.perf_counter() - wall,
-                 "tokens_seen": trainer.tokens_seen,
-                 "tokens_per_second": trainer.tokens_seen / max(trainer.train_seconds, 1e-9),
-                 **peak_memory_mb(trainer.device)},
+                 "tokens_seen": trainer.tokens_seen, "tokens_per_second": tokens_per_second,
+                 **utilisation(trainer, tokens_per_second), **peak_memory_mb(trainer.device)},
         "final_valid": valid,
     }
     atomic_write_json(trainer.run.run_json, summary)

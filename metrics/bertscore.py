@@ -9,7 +9,6 @@ import numpy as np
 
 from metrics.base import MetricUndefined, Score
 from metrics.encoders import MINILM, resolve_encoder
-from metrics.registry import register_metric
 
 MINILM_LAYERS = 6  # the last of MiniLM's 6 layers; no tuned layer exists (unconfirmed)
 CHUNK = 1000  # pairs per bert-score call; the IDF (if on) is computed once from all targets
@@ -39,8 +38,6 @@ def build_scorer(opts, idf_sents: list[str] | None):
     return scorer, layers
 
 
-@register_metric("bertscore", label="BERTScore", higher_is_better=True, display_scale=100,
-                 decimals=2, version="1", needs="pairs", model_based=True)
 def bertscore(ctx) -> dict[str, Score]:
     """Mean BERTScore F1 of each sample against its target (P and R in details).
 

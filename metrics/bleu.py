@@ -30,7 +30,6 @@ import scipy.sparse as sp
 
 from metrics.base import MetricUndefined, Score
 from metrics.ngrams import NgramCounts, row_sums
-from metrics.registry import register_metric
 
 
 def closest_ref_lengths(hyp_lens: Sequence[int], ref_lens: Sequence[int],
@@ -157,8 +156,6 @@ def _nltk_signature(ctx, nrefs: str) -> dict:
             "impl": "exact-nltk-sentence_bleu", **ctx.text_signature()}
 
 
-@register_metric("bleu", label="BLEU", higher_is_better=True, display_scale=100, decimals=2,
-                 version="1", needs="references")
 def bleu(ctx) -> dict[str, Score]:
     """BLEU of the samples (value in [0, 1]).
 
@@ -196,8 +193,6 @@ def _sacrebleu(ctx) -> Score:
     return Score(result.score / 100, signature, details)
 
 
-@register_metric("self_bleu", label="SB", higher_is_better=False, display_scale=100, decimals=2,
-                 version="1", needs="samples")
 def self_bleu(ctx) -> dict[str, Score]:
     """Self-BLEU (value in [0, 1]; lower is more diverse).
 

@@ -43,6 +43,8 @@ class TextSet:
 def read_texts(path: str | Path, role: str) -> TextSet:
     """Read one input file (see the module docstring for the format)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; --{role} takes a file with one text per line")
     data = path.read_bytes()
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":

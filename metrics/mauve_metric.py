@@ -6,7 +6,6 @@ from importlib.metadata import version
 
 from metrics.base import MetricUndefined, Score
 from metrics.encoders import embed_texts
-from metrics.registry import register_metric
 
 LARGE = 5000  # per side; mauve-text's README advises cheaper k-means above this
 
@@ -20,19 +19,18 @@ def kmeans_settings(n_p: int, n_q: int, opts) -> dict:
             "kmeans_max_iter": opts.mauve_kmeans_max_iter or (100 if large else 500)}
 
 
-@register_metric("mauve", label="MAUVE", higher_is_better=True, display_scale=1, decimals=2,
-                 version="1", needs="references", model_based=True)
 def mauve(ctx) -> dict[str, Score]:
     """MAUVE of the samples (Q) against the references (P), in (0, 1].
 
     Features: the last hidden layer at the last token, as mauve-text computes them, of
     `mauve_encoder` (default: the offline MiniLM; the paper's GPT-2 large with `encoders=paper`),
-    truncated to `mauve_max_length` tokens. `mauve.compute_mauve(p_features, q_features)` then
-    does PCA (90% variance), seeded faiss k-means with mauve-text's `auto` bucket rule
-    (min(n)/10; above 5000 texts per side 500 buckets, 1 restart, 100 iterations, as its README
-    advises) and the divergence frontier with scaling 5. Empty texts are left out, as
-    mauve-text does, and counted. Values from another encoder are not comparable with the
-    paper's.
+    truncated to `mauve_max_length` tokens, references and samples in one encoder pass.
+    `mauve.compute_mauve(p_features, q_features)` then does PCA (90% variance), seeded faiss
+    k-means with mauve-text's `auto` bucket rule (min(n)/10; above 5000 texts per side 500
+    buckets, 1 restart, 100 iterations, as its README advises) and the divergence frontier with
+    scaling 5. Empty texts are left out, as mauve-text does, and counted. Values from another
+    encoder are not comparable with the paper's; MiniLM features are nearly blind to word order
+    (see the `mauve_pooling` option).
     """
     import mauve as mauve_text
 
@@ -44,8 +42,8 @@ def mauve(ctx) -> dict[str, Score]:
     encode = dict(name=opts.mauve_encoder_name, pooling=opts.mauve_pooling,
                   max_length=opts.mauve_max_length, batch_size=opts.batch_size, device=opts.device,
                   allow_download=opts.allow_download)
-    p_features, encoder = embed_texts(p_texts, **encode)
-    q_features, _ = embed_texts(q_texts, **encode)
+    features, encoder = embed_texts(p_texts + q_texts, **encode)  # one pass, one model load
+    p_features, q_features = features[:len(p_texts)], features[len(p_texts):]
     settings = kmeans_settings(len(p_texts), len(q_texts), opts)
     out = mauve_text.compute_mauve(p_features=p_features, q_features=q_features,
                                    mauve_scaling_factor=opts.mauve_scaling_factor,

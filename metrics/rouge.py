@@ -7,7 +7,6 @@ from importlib.metadata import version
 import numpy as np
 
 from metrics.base import Score
-from metrics.registry import register_metric
 
 
 def rouge_fmeasures(targets: list[str], predictions: list[str], rouge_types: list[str],
@@ -21,9 +20,6 @@ def rouge_fmeasures(targets: list[str], predictions: list[str], rouge_types: lis
             for t in rouge_types}
 
 
-@register_metric("rouge", label="ROUGE", higher_is_better=True, display_scale=100, decimals=2,
-                 version="1", needs="pairs",
-                 results={"rouge1": "R-1", "rouge2": "R-2", "rougeL": "R-L"})
 def rouge(ctx) -> dict[str, Score]:
     """ROUGE-1, ROUGE-2 and ROUGE-L F-measure of each sample against its target, averaged.
 

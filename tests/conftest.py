@@ -63,18 +63,20 @@ def snakemake(workdir: Path, *args: str, timeout: float = 1800) -> subprocess.Co
                            "--workflow-profile", "none", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def read_table(workdir: Path, name: str = "table1") -> dict[str, dict[str, str]]:
-    """model -> row of results/tables/<name>.csv"""
-    with open(workdir / "results" / "tables" / f"{name}.csv", newline="") as f:
-        return {row["model"]: row for row in csv.DictReader(f)}
+def read_table(workdir: Path, name: str = "table1", experiment: str = "default") -> dict[str, dict[str, str]]:
+    """model -> row of results/<experiment>/tables/<name>.csv (the model rows: no Human or paper row)"""
+    with open(workdir / "results" / experiment / "tables" / f"{name}.csv", newline="") as f:
+        return {row["model"]: row for row in csv.DictReader(f) if row["kind"] == "model"}
 
 
 @pytest.fixture(scope="session")
 def default_dag(tmp_path_factory) -> Path:
-    """The embedded default DAG, run once per session with `--cores 2` (minutes)."""
+    """The embedded default DAG, run once per session with `--cores 2` (minutes); what it printed is
+    kept in snakemake-output.txt beside its results."""
     workdir = tmp_path_factory.mktemp("default-dag")
     start = time.perf_counter()
     proc = snakemake(workdir, "--cores", "2")
     assert proc.returncode == 0, proc.stderr[-6000:]
+    (workdir / "snakemake-output.txt").write_text(proc.stdout + proc.stderr)
     print(f"\n[e2e] embedded default DAG, local --cores 2: {time.perf_counter() - start:.0f} s")
     return workdir

@@ -46,4 +46,4 @@ def test_two_gloo_processes_match_one_process_with_the_doubled_batch(corpus, tmp
     assert run["provenance"]["world_size"] == 2
     written = sorted(p.name for p in (tmp_path / "ddp").iterdir())
     assert written == ["checkpoint", "config.yaml", "model", "run.json", "train-log.jsonl"]
-    assert [p.name for p in (tmp_path / "ddp" / "checkpoint").iterdir()] == ["last.pt"]
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoint").iterdir()) == ["last.pt", "previous.pt"]

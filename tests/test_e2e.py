@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, read_table, snakemake
 from tests.test_report import check_report
@@ -13,11 +14,17 @@ from tests.test_report import check_report
 pytestmark = pytest.mark.slow
 REPRESENTATION = ("neg_elbo", "kl", "mi", "au")
 GENERATION = ("bleu", "cnd", "mauve", "self_bleu", "dist", "js")
-MODELS = ["gpt2", "embed", "memory", "softmax", "della", "della-official"]
 
 
-def assert_real_numbers(table: dict[str, dict[str, str]]) -> None:
-    assert list(table) == MODELS
+def config_models(config: str = "config.yaml") -> list[str]:
+    return list(yaml.safe_load((REPO / "config" / config).read_text())["models"])
+
+
+MODELS = config_models()
+
+
+def assert_real_numbers(table: dict[str, dict[str, str]], models: list[str] = MODELS) -> None:
+    assert list(table) == models
     for model, row in table.items():
         expected = ("iw_ppl", *GENERATION) + (() if model == "gpt2" else REPRESENTATION)
         for key in expected:
@@ -28,15 +35,25 @@ def assert_real_numbers(table: dict[str, dict[str, str]]) -> None:
 
 def test_embedded_default_renders_table1_with_real_numbers(default_dag):
     assert_real_numbers(read_table(default_dag))
-    tex = (default_dag / "results/tables/table1.tex").read_text()
+    tex = (default_dag / "results/default/tables/table1.tex").read_text()
     assert "\\toprule" in tex and "PPL$\\downarrow$" in tex and "\\textbf{" in tex
-    runs = default_dag / "results/runs/synthetic"
+    runs = default_dag / "results/default/runs/synthetic"
     for model in MODELS:
         run = json.loads((runs / model / "seed0" / "run.json").read_text())
         assert run["seed"] == 0 and run["provenance"]["versions"]["torch"]
         assert (runs / model / "seed0" / "train-log.jsonl").stat().st_size > 0
     della = json.loads((runs / "della/seed0/eval.json").read_text())["metrics"]
     assert len(della["kl"]["details"]["per_group"]) == 2 and "iw_ppl_official" in della
+
+
+def test_the_terminal_shows_epoch_progress_and_ends_with_the_table(default_dag):
+    printed = (default_dag / "snakemake-output.txt").read_text()
+    epochs = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]["epochs"]
+    assert f"progress results/default/runs/synthetic/della/seed0: epoch {epochs}/{epochs} done" in printed
+    table = (default_dag / "results/default/tables/table1.md").read_text()
+    tail = printed[printed.index("table1 of experiment 'default'"):]
+    assert table in tail and "results/default/tables/table1.tex" in tail
+    assert "snakemake --report results/default/report.html" in tail
 
 
 def test_rerunning_the_finished_dag_does_nothing(default_dag):
@@ -47,8 +64,8 @@ def test_rerunning_the_finished_dag_does_nothing(default_dag):
 def test_ptb_subset_config_runs_end_to_end(shared_data, tmp_path):
     proc = snakemake(tmp_path, "--cores", "2", "--configfile", str(REPO / "config" / "ptb.yaml"))
     assert proc.returncode == 0, proc.stderr[-6000:]
-    assert_real_numbers(read_table(tmp_path))
-    prepared = json.loads((tmp_path / "results/data/ptb/prepare.json").read_text())
+    assert_real_numbers(read_table(tmp_path, experiment="ptb"), config_models("ptb.yaml"))
+    prepared = json.loads((tmp_path / "results/ptb/data/ptb/prepare.json").read_text())
     assert prepared["splits"]["train"]["lines_written"] == 2000
 
 

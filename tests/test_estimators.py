@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from della.estimators import active_units, gaussian_neg_entropy, iw_batch, mutual_information
+from della.estimators import (TooFewExamples, active_units, bootstrap_stderr, gaussian_neg_entropy, iw_batch,
+                              mutual_information, path_averaged_means)
 from della.models.base import gaussian_kl, gaussian_log_density
 from tests.conftest import random_batch, tiny_model
 
@@ -112,6 +113,45 @@ def test_active_units_counts_dimensions_whose_posterior_mean_varies():
     assert active_units(means, 0.01).tolist() == [[False, False, True, True, True]]
 
 
+def _della_with_known_means(p: int = 8):
+    """Two latent layers. Layer 1: mean = (f_0, f_1, 0.3 f_2, 0, ...) of the features f, variance 1.
+    Layer 2: mean = 3 tanh(z_1) on dims 3.. and 0 elsewhere, whatever x: E_q[z_2 | x] is the same
+    for every x (z_1's dims 3.. are N(0, 1) for all x), but one path's mean is a noisy draw."""
+    model = tiny_model("della", begin_layer=1, end_layer=2, latent_size=p)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        for dim, scale in ((0, 1.0), (1, 1.0), (2, 0.3)):
+            model.recog_x[0].weight[dim, dim] = scale
+        model.cell_ih[1].weight.copy_(torch.diag((torch.arange(p) >= 3).float()))
+        model.recog_h[1].weight[:p].copy_(3 * torch.eye(p))
+    return model
+
+
+def test_active_units_on_path_averaged_means_of_a_model_whose_means_are_known():
+    model = _della_with_known_means()
+    features = torch.randn(300, 2, model.backbone.n_embd, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    post = model.sample_posterior(features, k=1000)  # path noise: variance 3.5 / K per layer-2 dim
+    averaged = path_averaged_means(post)
+    none = [False] * 8
+    assert active_units(averaged, 0.2).tolist() == [[True, True] + [False] * 6, none]
+    assert active_units(averaged, 0.01).tolist() == [[True, True, True] + [False] * 5, none]
+    one_path = active_units(post.mean[0], 0.2)  # the old estimator: layer 2's path noise counts as active
+    assert one_path[0].tolist() == [True, True] + [False] * 6 and one_path[1, 3:].all()
+
+
+def test_estimators_refuse_splits_too_small_for_them():
+    with pytest.raises(TooFewExamples, match="au needs at least 2 examples, got 1"):
+        active_units(torch.zeros(1, 1, 4), 0.2)
+    mu, logvar = torch.zeros(5, 2), torch.zeros(1, 2)
+    with pytest.raises(TooFewExamples, match="mi needs at least 2 examples, got 1"):
+        _mi(mu[:1], logvar)
+    with pytest.raises(TooFewExamples, match="got 1"):  # blocks of 2, 2 and 1
+        _mi(mu, logvar, group_size=2)
+    assert _mi(mu[:4], logvar, group_size=2).m == 2
+
+
 class _GaussianEncoder:
     """A stand-in model: q(z|x_j) = N(mu_j, s^2 I) in D dims."""
 
@@ -123,26 +163,57 @@ class _GaussianEncoder:
         return gaussian_log_density(z[:, None, 0], self.mu[idx][None], self.logvar[idx][None])
 
 
-def _mi(mu, logvar, seed=0):
+def _mi(mu, logvar, seed=0, group_size=None):
     n, d = mu.shape
     logvar = logvar.expand(n, d)
     torch.manual_seed(seed)
     z = (mu + torch.exp(0.5 * logvar) * torch.randn(n, d))[:, None]
     features = torch.arange(n, dtype=torch.float)[:, None, None]
-    return mutual_information(_GaussianEncoder(mu, logvar), features, z, logvar[:, None])
+    return mutual_information(_GaussianEncoder(mu, logvar), features, z, logvar[:, None], group_size)
 
 
-def test_mi_is_log_m_for_separated_posteriors_and_zero_for_identical_ones():
+def test_mi_is_log_n_for_separated_posteriors_and_exactly_zero_for_identical_ones():
     n, d = 3000, 2
-    separated = torch.arange(n, dtype=torch.float)[:, None].repeat(1, d) * 50.0
-    small = torch.full((1, d), math.log(0.01))
-    assert abs(_mi(separated, small) - math.log(n)) < 0.1
-    assert abs(_mi(torch.zeros(n, d), torch.zeros(1, d))) < 0.1
+    separated = _mi(torch.arange(n, dtype=torch.float)[:, None].repeat(1, d) * 50.0, torch.full((1, d), math.log(0.01)))
+    assert abs(separated.value - math.log(n)) < 1e-3 and abs(separated.he2019.mean().item() - math.log(n)) < 0.1
+    collapsed = _mi(torch.full((n, d), 0.7), torch.full((1, d), -0.5))  # q(z|x) the same for every x
+    assert collapsed.paired.abs().max().item() < 1e-5
+    assert abs(collapsed.he2019.mean().item()) < 0.1  # the same expectation, but only on average
 
 
-def test_mi_matches_the_analytic_value_of_a_linear_gaussian_model():
+def test_mi_matches_the_analytic_value_of_a_linear_gaussian_model_within_its_standard_error():
     """x ~ N(0, 1) (1-d), q(z|x) = N(a x, s^2): I(x; z) = 1/2 log(1 + a^2 / s^2)."""
     n, a, s2 = 4000, 2.0, 0.5
     x = torch.randn(n, 1, generator=torch.Generator().manual_seed(1))
-    estimate = _mi(a * x, torch.full((1, 1), math.log(s2)))
-    assert abs(estimate - 0.5 * math.log(1 + a * a / s2)) < 0.05
+    mi = _mi(a * x, torch.full((1, 1), math.log(s2)))
+    truth = 0.5 * math.log(1 + a * a / s2)
+    stderr = bootstrap_stderr(mi.paired)
+    assert 0 < stderr < 0.05 and abs(mi.value - truth) < 4 * stderr
+    assert abs(mi.he2019.mean().item() - truth) < 0.05
+
+
+def test_della_mi_is_exactly_zero_when_the_posterior_ignores_x_though_it_depends_on_the_path():
+    """The issue-10 case: a collapsed hierarchical posterior. The paired estimator gives 0 up to
+    round-off; He et al.'s form gives 1/2 sum_d (eps_d^2 - 1) per sentence, a function of the sampling
+    noise alone (sd ~ sqrt(D/2)/sqrt(N) over N sentences, and the same number on any test set of the
+    same size under one seed: the -0.79 of issue 10)."""
+    model = tiny_model("della", first_prior="learned", latent_size=16)
+    with torch.no_grad():
+        for g in range(model.n_groups):
+            model.recog_x[g].weight.zero_()
+            model.recog_h[g].weight.mul_(50.0)  # a strongly path-dependent posterior
+    features = torch.randn(50, model.n_groups, model.backbone.n_embd, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    post = model.sample_posterior(features, k=1)
+    mi = mutual_information(model, features, post.z[0], post.logvar[0])
+    assert mi.paired.abs().max().item() < 1e-4
+    eps = (post.z[0] - post.mean[0]) * torch.exp(-0.5 * post.logvar[0])  # the standardised noise
+    assert torch.allclose(mi.he2019, 0.5 * (eps ** 2 - 1).sum((1, 2)), atol=1e-3)  # a function of the noise alone
+
+
+def test_bootstrap_stderr_is_the_standard_error_of_the_mean_and_deterministic():
+    terms = torch.randn(400, generator=torch.Generator().manual_seed(0)) * 3.0
+    expected = terms.std().item() / math.sqrt(400)
+    assert bootstrap_stderr(terms) == bootstrap_stderr(terms)
+    assert abs(bootstrap_stderr(terms) - expected) < 0.1 * expected
+    assert bootstrap_stderr(torch.full((50,), 2.5)) < 1e-12

@@ -99,3 +99,29 @@ def test_a_trained_run_evaluates_with_every_metric_and_its_recipe(corpus, tmp_pa
     texts = generate_texts(model, tokenizer, GenerateConfig(n_samples=3, strategy="beam", num_beams=3,
                                                             max_new_tokens=8), seed=0)
     assert len(texts) == 3 and all("\n" not in t for t in texts)
+
+
+def test_decoding_flags_override_the_run_config_and_are_recorded(corpus, tmp_path):
+    from della.cli import main as della_cli
+
+    train(run_config(corpus, model="embed", epochs=1), tmp_path / "run")
+    run_settings = load_trained(tmp_path / "run")[0].generate
+
+    def generate(name, *flags):
+        della_cli(["generate", "--run", str(tmp_path / "run"), "--out", str(tmp_path / f"{name}.txt"), *flags])
+        return (tmp_path / f"{name}.txt").read_text().splitlines(), json.loads((tmp_path / f"{name}.json").read_text())
+
+    texts, doc = generate("greedy", "--strategy", "greedy", "--n-samples", "5", "--max-new-tokens", "7",
+                          "--repetition-penalty", "1.3", "--seed", "11")
+    assert len(texts) == 5 and doc["n"] == 5 and doc["seed"] == 11
+    settings = doc["settings"]
+    assert (settings["strategy"], settings["n_samples"], settings["max_new_tokens"],
+            settings["repetition_penalty"]) == ("greedy", 5, 7, 1.3)
+    assert settings["top_p"] == run_settings.top_p and settings["min_new_tokens"] == run_settings.min_new_tokens
+    assert all(len(t.split()) <= 7 for t in texts)
+
+    sampled = [generate(f"s{seed}", "--n-samples", "6", "--top-k", "5", "--temperature", "1.5",
+                        "--seed", str(seed))[0] for seed in (1, 1, 2)]
+    assert sampled[0] == sampled[1] != sampled[2]
+    _, doc = generate("default")
+    assert doc["settings"] == {**run_settings.__dict__} and doc["seed"] == 3  # no flag: the run config

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -9,11 +11,20 @@ from della.models import MODELS
 from della.models.della import LowRankFusion
 from tests.conftest import random_batch, tiny_model
 
-LATENT_MODELS = ["embed", "memory", "softmax", "della"]
+# Every registered model is tested: a new model file is picked up by these tests without an edit.
+LATENT_MODELS = [name for name in MODELS.names() if MODELS.get(name).has_latent]
+POOLING_MODELS = [name for name in LATENT_MODELS  # those that pool the shared backbone's states
+                  if "pool" in {f.name for f in dataclasses.fields(MODELS.get(name).config_class)}]
 
 
-def test_registry_lists_every_model_and_suggests_close_names():
-    assert MODELS.names() == ["della", "embed", "gpt2", "memory", "softmax"]
+def test_registry_holds_every_model_of_the_shipped_configs_and_suggests_close_names():
+    import yaml
+
+    from tests.conftest import REPO
+
+    for path in sorted((REPO / "config").glob("*.yaml")):
+        models = yaml.safe_load(path.read_text())["models"]
+        assert {m["model"] for m in models.values()} <= set(MODELS.names()), path
     with pytest.raises(KeyError, match="Did you mean 'della'"):
         MODELS.get("dela")
 
@@ -38,11 +49,35 @@ def test_encoder_ignores_padding_when_pool_mask_is_on_and_not_in_official_mode()
     other_pad[-1, -3:] = 7  # different tokens in padded positions
     masked = tiny_model("della")
     assert torch.allclose(masked.encode(ids, mask), masked.encode(other_pad, mask), atol=1e-6)
-    official = tiny_model("della", pool_mask=False)
+    official = tiny_model("della", pool="attention", pool_mask=False)
     assert not torch.allclose(official.encode(ids, mask)[-1], official.encode(other_pad, mask)[-1])
 
 
-@pytest.mark.parametrize("name", ["gpt2", *LATENT_MODELS])
+@pytest.mark.parametrize("name", POOLING_MODELS)
+def test_first_token_pooling_takes_the_encoder_state_of_s_and_has_no_weights(name):
+    """The paper's x^(l) (§4, App. A.1): DELLA reads block l's output, the baselines the final state."""
+    model = tiny_model(name, pool="first_token")
+    ids, mask = random_batch()
+    out = model.backbone(ids, mask, causal=False, return_layers=True)
+    expected = (torch.stack([out.layers[l][:, 0] for l in model.layers], 1) if name == "della"
+                else out.hidden[:, :1])
+    assert torch.allclose(model.encode(ids, mask), expected, atol=1e-6)
+    assert not [n for n, _ in model.named_parameters() if n.startswith("pool")]
+
+
+def test_pool_defaults_paper_for_della_official_code_in_its_preset_and_attention_for_the_baselines():
+    import yaml
+
+    from tests.conftest import REPO
+
+    assert tiny_model("della").config.pool == "first_token" and tiny_model("embed").config.pool == "attention"
+    preset = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"]["della-official"]["args"]
+    assert preset["pool"] == "attention"
+    with pytest.raises(ValueError, match="model_args.pool = 'cls'; expected one of"):
+        tiny_model("embed", pool="cls")
+
+
+@pytest.mark.parametrize("name", MODELS.names())
 def test_decoder_is_causal(name):
     model = tiny_model(name)
     ids, _ = random_batch(pad_last=0)
@@ -99,7 +134,7 @@ def test_lowrank_fusion_matches_the_formula_of_eq_9():
         assert torch.allclose(got, expected, atol=1e-5), mode
 
 
-@pytest.mark.parametrize("name", ["gpt2", *LATENT_MODELS])
+@pytest.mark.parametrize("name", MODELS.names())
 def test_cached_decoding_equals_full_recomputation(name):
     model = tiny_model(name)
     ids, _ = random_batch(pad_last=0)

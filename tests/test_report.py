@@ -14,12 +14,13 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from della.cli import main
 from della.cost import COST_METRICS, device_text
 from della.report import plot_learning_curves, read_train_log, save_figure
 from della.tables import collect
-from tests.conftest import snakemake
+from tests.conftest import REPO, snakemake
 
 CPU = {"type": "cpu", "torch_threads": 1, "host": "h", "machine": "x86_64", "cpu": "x86_64"}
 H100 = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "torch_threads": 4, "host": "g", "machine": "x86_64"}
@@ -68,10 +69,13 @@ def cost_tables(tmp_path) -> dict[str, str]:
 
 
 def md_rows(md: str) -> dict[str, dict[str, str]]:
+    """row label -> {column head: cell} of a Markdown table (the paper's layout: "Model" first, a
+    "**Dataset: ...**" row per block; non-breaking spaces read as spaces)."""
     lines = [line for line in md.splitlines() if line.startswith("|")]
     heads = [c.strip() for c in lines[0].strip("|").split("|")]
-    return {cells[1]: dict(zip(heads, cells)) for line in lines[2:]
-            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    return {cells[0]: dict(zip(heads, cells)) for line in lines[2:]
+            for cells in [[c.strip().replace("\u00a0", " ") for c in line.strip("|").split("|")]]
+            if not cells[0].startswith("**Dataset: ")}
 
 
 def test_cost_rows_carry_the_direction_declared_in_della_cost(cost_tables):
@@ -80,7 +84,8 @@ def test_cost_rows_carry_the_direction_declared_in_della_cost(cost_tables):
         if row["metric"] == "device":
             assert row["text"] and row["value"] == "" and row["higher_is_better"] == ""
         else:
-            assert row["higher_is_better"] == str(COST_METRICS[row["metric"]].higher_is_better).lower()
+            direction = COST_METRICS[row["metric"]].higher_is_better  # None: a size, no direction
+            assert row["higher_is_better"] == ("" if direction is None else str(direction).lower())
     assert {r["metric"] for r in rows if r["source"].endswith(".jsonl")} == {"train_wall_seconds",
                                                                              "train_max_rss_mb"}
 
@@ -88,24 +93,25 @@ def test_cost_rows_carry_the_direction_declared_in_della_cost(cost_tables):
 def test_cost_table_mean_std_arrows_dashes_and_device(cost_tables):
     rows = md_rows(cost_tables["md"])
     gpt2, della = rows["gpt2"], rows["della"]
-    assert list(gpt2)[2:] == ["Wall (s) ↓ (a)", "Train loop (s) ↓ (b)", "Tokens/s ↑ (c)", "Peak RSS (MB) ↓ (d)",
-                              "Peak GPU (MB) ↓ (e)", "Params (M) ↓", "Device"]
+    assert list(gpt2)[1:] == ["Wall (s) ↓ (a)", "Train loop (s) ↓ (b)", "Tokens/s ↑ (c)", "MFU (%) ↑ (d)",
+                              "Peak RSS (MB) ↓ (e)", "Peak GPU (MB) ↓ (f)", "Params (M)", "Device"]
     assert gpt2["Wall (s) ↓ (a)"] == "**11.0 ± 1.4**"  # lower is better
     assert gpt2["Tokens/s ↑ (c)"] == "1050 ± 71" and della["Tokens/s ↑ (c)"] == "**5000 ± 0**"  # higher
     assert della["Wall (s) ↓ (a)"] == "20.0 †"  # della seed 1 has no benchmark record
-    assert della["Peak RSS (MB) ↓ (d)"] == "–"  # max_rss "NA"
-    assert gpt2["Peak GPU (MB) ↓ (e)"] == "–" and della["Peak GPU (MB) ↓ (e)"] == "950 ± 71"  # alone: no bold
-    assert gpt2["Params (M) ↓"] == "**1.50 ± 0.00**" and della["Params (M) ↓"] == "2.25 ± 0.00"
+    assert della["Peak RSS (MB) ↓ (e)"] == "–"  # max_rss "NA"
+    assert gpt2["Peak GPU (MB) ↓ (f)"] == "–" and della["Peak GPU (MB) ↓ (f)"] == "950 ± 71"  # alone: no bold
+    # a size, not a score: no arrow, never bold
+    assert gpt2["Params (M)"] == "1.50 ± 0.00" and della["Params (M)"] == "2.25 ± 0.00"
     assert gpt2["Device"] == "cpu (x86_64, 1 thread)" and della["Device"] == "2 × NVIDIA H100 80GB HBM3"
     assert "- † mean over the seeds" in cost_tables["md"]
 
 
 def test_cost_table_latex_html_and_csv(cost_tables):
     tex, page = cost_tables["tex"], cost_tables["html"]
-    assert r"\begin{tabular}{llrrrrrrl}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
+    assert r"\begin{tabular}{lrrrrrrrl}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
     assert r"Wall (s)$\downarrow$$^{a}$" in tex and r"Tokens/s$\uparrow$$^{c}$" in tex
     assert r"\textbf{11.0$\pm$1.4}" in tex and r"cpu (x86\_64, 1 thread)" in tex
-    assert r"20.0$^\dagger$" in tex and r"$^{\dagger}$~mean over the seeds" in tex
+    assert r"20.0$^\dagger$" in tex and r"$^{\dagger}$ mean over the seeds" in tex
     assert " & -- & " in tex  # gpt2's GPU memory
     assert page.startswith("<!DOCTYPE html>") and "<th>Tokens/s ↑<sup>c</sup></th>" in page
     assert "<b>11.0 ± 1.4</b>" in page and '<td class="t">2 × NVIDIA H100 80GB HBM3</td>' in page
@@ -153,11 +159,15 @@ def write_train_log(path: Path, groups: int, steps: int = 12) -> Path:
 def test_curves_draw_one_kl_curve_per_group(tmp_path, groups):
     log = write_train_log(tmp_path / "train-log.jsonl", groups)
     fig = plot_learning_curves(read_train_log(log), "d / m / seed 0")
-    ax_ce, ax_kl, ax_beta = fig.axes
-    assert [line.get_label() for line in ax_kl.get_lines()] == [f"KL $z_{{{g + 1}}}$" for g in range(groups)]
+    ax_ce = fig.axes[0]
     assert [line.get_label() for line in ax_ce.get_lines()] == ["train", "valid (epoch end)"]
     assert list(ax_ce.get_lines()[1].get_xdata()) == [6, 12]
-    assert len(ax_beta.get_lines()) == 1
+    if groups:  # a latent model: CE, KL per group, β
+        _, ax_kl, ax_beta = fig.axes
+        assert [line.get_label() for line in ax_kl.get_lines()] == [f"KL $z_{{{g + 1}}}$" for g in range(groups)]
+        assert len(ax_beta.get_lines()) == 1 and ax_beta.get_ylabel() == "β"
+    else:  # the LM: no KL and no β panel
+        assert len(fig.axes) == 1
     out = tmp_path / "fig" / "learning_curves.svg"
     main(["curves", "--train-log", str(log), "--title", "d / m / seed 0", "--out", str(out)])
     svg = out.read_text()
@@ -212,6 +222,7 @@ def test_provenance_page_lists_every_run_and_highlights_differences(tmp_path):
     assert '<td class="differs">abc1</td>' in page  # the commits differ between runs
     assert "differ between runs: device, git commit, world size" in page
     assert "world_size: 2" in page and "model: della" in page  # the full provenance and config
+    assert '<td class="name">della</td>' in page and "td.name{white-space:nowrap}" in page  # names never wrap
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,15 +233,16 @@ def test_dry_run_plans_the_cost_table_and_the_report_rules(tmp_path):
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "2")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     out = proc.stdout
-    for rule, count in {"aggregate_cost": 1, "cost_table": 1, "learning_curves": 6, "samples_page": 6,
+    runs = len(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"])  # one dataset, one seed
+    for rule, count in {"aggregate_cost": 1, "cost_table": 1, "learning_curves": runs, "samples_page": runs,
                         "provenance": 1}.items():
         assert re.search(rf"^{rule}\s+{count}$", out, re.MULTILINE), rule
-    assert ("python -m della aggregate --inputs results/runs/synthetic/gpt2/seed0/run.json" in out
-            and "results/benchmarks/train/synthetic/della-official/seed0.jsonl --out results/cost.csv" in out)
-    assert "python -m della table --summary results/cost.csv --table cost" in out
-    assert ("python -m della curves --train-log results/runs/synthetic/della/seed0/train-log.jsonl"
-            " --title 'synthetic / della / seed 0' --out results/figures/synthetic/della/seed0/learning_curves.svg"
-            in out)
+    assert ("python -m della aggregate --inputs results/default/runs/synthetic/gpt2/seed0/run.json" in out
+            and "benchmarks/train/synthetic/della-official/seed0.jsonl --out results/default/cost.csv" in out)
+    assert "python -m della table --summary results/default/cost.csv --table cost" in out
+    assert ("python -m della curves --train-log results/default/runs/synthetic/della/seed0/train-log.jsonl"
+            " --title 'synthetic / della / seed 0'"
+            " --out results/default/figures/synthetic/della/seed0/learning_curves.svg" in out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,33 +267,40 @@ def decoded(entry: dict) -> str:
 
 
 def check_report(workdir: Path) -> Path:
-    """Build results/report.html in `workdir` and check that it holds both tables, and for every
-    run (every results/runs/*/*/seed*/run.json) its learning curves, its samples page and its
+    """Build results/default/report.html in `workdir` and check that it holds both tables, and for every
+    run (every results/default/runs/*/*/seed*/run.json) its learning curves, its samples page and its
     provenance. Returns the report's path."""
-    proc = snakemake(workdir, "--report", "results/report.html")
+    proc = snakemake(workdir, "--report", "results/default/report.html")
     assert proc.returncode == 0, proc.stderr[-6000:]
-    report = workdir / "results" / "report.html"
+    report = workdir / "results" / "default" / "report.html"
     results = report_results(report)
-    runs = sorted(workdir.glob("results/runs/*/*/seed*/run.json"))
-    assert runs, f"no finished run under {workdir}/results/runs"
+    runs = sorted(workdir.glob("results/default/runs/*/*/seed*/run.json"))
+    assert runs, f"no finished run under {workdir}/results/default/runs"
 
     tables = {path: decoded(results[path]) for path in
-              ("results/tables/table1.html", "results/tables/cost.html")}
-    assert "results/tables/table1.tex" in results and "results/tables/cost.tex" in results
-    assert "Tokens/s ↑" in tables["results/tables/cost.html"] and "PPL ↓" in tables["results/tables/table1.html"]
-    provenance = decoded(results["results/provenance.html"])
+              ("results/default/tables/table1.html", "results/default/tables/cost.html")}
+    assert "results/default/tables/table1.tex" in results and "results/default/tables/cost.tex" in results
+    with open(workdir / "results" / "default" / "tables" / "table1.csv", newline="") as f:
+        labels = {r["model"]: html.escape(r["label"]) for r in csv.DictReader(f) if r["kind"] == "model"}
+    assert "Tokens/s ↑" in tables["results/default/tables/cost.html"]
+    assert "PPL ↓" in tables["results/default/tables/table1.html"]
+    provenance = decoded(results["results/default/provenance.html"])
+    assert "synthetic" in decoded(results["results/default/tables/table7.html"]).lower()
+    assert "Dataset: PTB" in decoded(results["results/default/tables/human_reference.html"])
     for run in runs:
         dataset, model, seed_dir = run.parts[-4:-1]
         seed = seed_dir.removeprefix("seed")
         for table in tables.values():
-            assert f"<td>{dataset}</td><td>{model}</td>" in table, (model, table)
-        figure = results[f"results/figures/{dataset}/{model}/{seed_dir}/learning_curves.svg"]
+            assert f'<tr class="model"><td>{labels[model]}</td>' in table, (model, table)
+        figure = results[f"results/default/figures/{dataset}/{model}/{seed_dir}/learning_curves.svg"]
         assert figure["mime_type"] == "image/svg+xml" and figure["labels"] == {"model": model, "seed": seed}
         assert "<svg" in decoded(figure)
-        samples = results[f"results/runs/{dataset}/{model}/{seed_dir}/samples.html"]
+        samples = results[f"results/default/runs/{dataset}/{model}/{seed_dir}/samples.html"]
         first_sample = (run.parent / "samples.txt").read_text(encoding="utf-8").splitlines()[0]
         assert samples["mime_type"] == "text/html" and samples["labels"] == {"model": model, "seed": seed}
         assert f"<li>{html.escape(first_sample)}</li>" in decoded(samples)
+        interpolation = results.get(f"results/default/figures/{dataset}/{model}/{seed_dir}/interpolation.html")
+        assert (interpolation is None) == (model == "gpt2"), model  # Fig. 3 for every latent model
         commit = json.loads(run.read_text())["provenance"]["git_commit"]
         assert f"{dataset} / {model} / seed {seed}" in provenance and str(commit) in provenance
     return report

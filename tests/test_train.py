@@ -1,4 +1,5 @@
-"""Training: the β schedule as coded, exact resume after a kill, NaN stops, bad input."""
+"""Training: the β schedule as coded, exact resume after a kill, NaN stops, bad input (what a rerun
+reuses after a config change: tests/test_reliability.py)."""
 
 from __future__ import annotations
 
@@ -99,9 +100,10 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(corpu
         return out
 
     monkeypatch.setattr(Della, "loss", loss_that_explodes)
-    with pytest.raises(FloatingPointError, match="non-finite loss.*epoch 1"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) in epoch 2.*the last good checkpoint "
+                                                 r"is \S+last.pt \(after epoch 1\)"):
         train(cfg, tmp_path / "run")
-    state = torch.load(tmp_path / "run" / "checkpoint" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "checkpoint" / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
@@ -114,8 +116,3 @@ def test_max_length_beyond_the_positions_is_an_error_naming_the_key(corpus, tmp_
     with pytest.raises(ValueError, match="train.max_length"):
         train(run_config(corpus, max_length=64), tmp_path / "run")
 
-
-def test_a_run_dir_refuses_a_different_config(corpus, tmp_path):
-    train(run_config(corpus, epochs=1), tmp_path / "run")
-    with pytest.raises(ValueError, match="differs from the given config"):
-        train(run_config(corpus, epochs=2), tmp_path / "run")

@@ -17,13 +17,13 @@ import pytest
 import yaml
 
 from della import config as della_config
+from della.models import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 SECTIONS = {"backbone": della_config.BackboneConfig, "train": della_config.TrainConfig,
             "evaluate": della_config.EvalConfig, "generate": della_config.GenerateConfig}
-REGISTRY_NAMES = ["gpt2", "embed", "memory", "softmax", "della"]
 
 
 def snakemake(workdir: Path, *args: str, snakefile: Path = REPO / "Snakefile", timeout: int = 600):
@@ -45,17 +45,26 @@ def write_config(tmp_path: Path, cfg: dict) -> Path:
     return path
 
 
-PLAN = {"prepare_data": 1, "tokenizer": 1, "run_config": 6, "train": 6, "evaluate": 6, "generate": 6,
-        "text_metrics": 6, "aggregate": 1, "table1": 1, "aggregate_cost": 1, "cost_table": 1,
-        "learning_curves": 6, "samples_page": 6, "provenance": 1}
+def planned_jobs(config: dict) -> dict[str, int]:
+    """The jobs a config with text metrics plans, derived from its datasets, models and seeds."""
+    datasets, seeds = len(config["datasets"]), len(config["seeds"])
+    runs = datasets * len(config["models"]) * seeds
+    latent_runs = datasets * seeds * sum(MODELS.get(m["model"]).has_latent for m in config["models"].values())
+    per_run = ("run_config", "train", "evaluate", "generate", "text_metrics", "learning_curves", "samples_page")
+    once = ("aggregate", "table1", "aggregate_cost", "cost_table", "provenance", "table7", "human_reference_table")
+    return ({rule: datasets for rule in ("prepare_data", "tokenizer", "human_metrics")}
+            | {rule: runs for rule in per_run} | {rule: 1 for rule in once} | {"interpolation": latent_runs})
+
+
+PLAN = planned_jobs(DEFAULT_CONFIG)
 
 
 def test_dry_run_of_the_embedded_default_plans_every_rule(tmp_path):
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "2")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert job_stats(proc.stdout) == {**PLAN, "default": 1}
-    assert "python -m della train --config results/runs/synthetic/della/seed0/config.yaml" in proc.stdout
-    assert "benchmark: results/benchmarks/train/synthetic/della/seed0.jsonl" in proc.stdout
+    assert "python -m della train --config results/default/runs/synthetic/della/seed0/config.yaml" in proc.stdout
+    assert "benchmark: results/default/benchmarks/train/synthetic/della/seed0.jsonl" in proc.stdout
     assert not (tmp_path / "results").exists()
 
 
@@ -71,7 +80,7 @@ def test_unknown_model_registry_name_is_rejected_naming_the_key(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(write_config(tmp_path, cfg)))
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "'vae9000' is not one of" in out and "['models']['fancy']['model']" in out
+    assert "models.fancy.model: unknown model 'vae9000'" in out and "Available: [" in out
 
 
 def test_a_configfile_replaces_the_default_and_empty_text_metrics_drop_the_step(tmp_path):
@@ -82,17 +91,32 @@ def test_a_configfile_replaces_the_default_and_empty_text_metrics_drop_the_step(
     assert proc.returncode == 0, proc.stderr + proc.stdout
     stats = job_stats(proc.stdout)
     assert stats["train"] == 4 and "text_metrics" not in stats
-    assert "results/data/synthetic" not in proc.stdout  # the embedded default's dataset is gone
+    assert "data/synthetic" not in proc.stdout  # the embedded default's dataset is gone
     assert "--n-train 20 --n-valid 5 --n-test 5" in proc.stdout
     assert "metrics.json" not in proc.stdout
+
+
+def test_two_configs_write_to_separate_experiments(tmp_path):
+    cfg = {"datasets": {"tiny": {"source": "synthetic", "sizes": {"train": 20, "valid": 5, "test": 5}}},
+           "models": {"gpt2": {"model": "gpt2"}}, "text_metrics": []}
+    outputs = {}
+    for name in ("first", "second"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        proc = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(path))
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        outputs[name] = set(re.findall(r"^    output: (.+)$", proc.stdout, re.MULTILINE))
+    for name, lines in outputs.items():
+        paths = {p for line in lines for p in line.split(", ")}
+        assert paths and all(p.startswith(f"results/{name}/") for p in paths), paths
 
 
 def test_ptb_config_plans_ptb_only(shared_data, tmp_path):
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(REPO / "config" / "ptb.yaml"))
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert job_stats(proc.stdout)["train"] == 6
+    assert job_stats(proc.stdout)["train"] == len(yaml.safe_load((REPO / "config" / "ptb.yaml").read_text())["models"])
     assert "--source dir --path" in proc.stdout and "shared/data/ptb --max-train-lines 2000" in proc.stdout
-    assert "results/data/synthetic" not in proc.stdout
+    assert "data/synthetic" not in proc.stdout and "results/ptb/data/ptb" in proc.stdout
 
 
 def test_run_config_rule_writes_the_resolved_config(tmp_path):
@@ -102,12 +126,12 @@ def test_run_config_rule_writes_the_resolved_config(tmp_path):
     proc = snakemake(tmp_path, "--cores", "1", "--until", "run_config",
                      "--configfile", str(write_config(tmp_path, cfg)))
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    run = della_config.RunConfig.load(tmp_path / "results/runs/synthetic/della/seed0/config.yaml")
+    run = della_config.RunConfig.load(tmp_path / "results/config/runs/synthetic/della/seed0/config.yaml")
     assert run.model == "della" and run.model_args == {"latent_size": 8}
     assert run.train.epochs == 7  # model override beats dataset override beats top level
     assert run.train.lr == 2.0e-3
     assert run.train.max_length == DEFAULT_CONFIG["train"]["max_length"]
-    assert run.data_dir == "results/data/synthetic" and run.tokenizer_dir == "results/tokenizers/synthetic"
+    assert run.data_dir == "results/config/data/synthetic" and run.tokenizer_dir == "results/config/tokenizers/synthetic"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +148,7 @@ def validated(cfg: dict) -> dict:
 
 def test_default_config_validates_and_every_run_config_resolves():
     cfg = validated(DEFAULT_CONFIG)
-    assert list(cfg["models"]) == [*REGISTRY_NAMES, "della-official"]
+    assert {entry["model"] for entry in cfg["models"].values()} <= set(MODELS.names())
     for dataset in cfg["datasets"]:
         for model in cfg["models"]:
             run = della_config.resolve_run_config(cfg, dataset, model, 0)
@@ -189,12 +213,6 @@ def test_every_schema_property_has_type_description_and_default():
                     walk(sub, f"{where}.{name}")
 
     walk(_schema(), "config")
-
-
-def test_schema_enumerates_the_model_registry():
-    from della.models import MODELS
-
-    assert sorted(_schema()["$defs"]["model"]["properties"]["model"]["enum"]) == MODELS.names()
 
 
 # ---------------------------------------------------------------------------------------------

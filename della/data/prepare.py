@@ -9,6 +9,10 @@ Sources:
   synthetic  della.data.synthetic's grammar (--seed, --n-train/--n-valid/--n-test)
   dir        a local directory with train.txt, valid.txt and test.txt (--path)
   hf         a Hugging Face dataset id or a local `save_to_disk` directory (--path, --text-field)
+  jsonl      a conditional task: a directory with {train,valid,test}.jsonl of source/target pairs
+             (--path; preprocessing and caps in della.data.conditional, output {split}.jsonl)
+  hf-conditional  a conditional task from a Hugging Face dataset (--path, --source-field, --target-field)
+  synthetic-conditional  the grammar as a conditional task: prompt -> sentence (--seed, --n-*)
 
 Caps keep the first N lines: --max-train-lines for train, --max-eval-lines for valid and test.
 """
@@ -22,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import della
-from della.data import synthetic
+from della.data import conditional, synthetic
 from della.data.corpus import LineScan, scan_lines
 from della.io import atomic_write_json, md5sum, write_lines
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-SOURCES = ("synthetic", "dir", "hf")
+SOURCES = ("synthetic", "dir", "hf", *conditional.SOURCES)
+SYNTHETIC = ("synthetic", "synthetic-conditional")
 DEFAULT_SIZES = {"train": 3000, "valid": 300, "test": 300}
 
 
@@ -46,13 +51,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-train-lines", type=int, default=None, help="keep the first N train lines")
     p.add_argument("--max-eval-lines", type=int, default=None, help="keep the first N valid/test lines")
     p.add_argument("--out", required=True, help="output directory, e.g. results/data/<dataset>")
+    conditional.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> None:
     _check_args(args)
+    sizes = {s: getattr(args, f"n_{s}") or DEFAULT_SIZES[s] for s in SPLITS}
+    if args.source in conditional.SOURCES:
+        conditional.run(args, _provenance(args), sizes)
+        return
     attributes: dict[str, list[dict[str, str]]] = {}
     if args.source == "synthetic":
-        sizes = {s: getattr(args, f"n_{s}") or DEFAULT_SIZES[s] for s in SPLITS}
         corpus = synthetic.generate_corpus(sizes, seed=args.seed or 0)
         scans = {}
         for split, examples in corpus.items():
@@ -74,14 +83,17 @@ def run(args: argparse.Namespace) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     synthetic_only = [f"--{name.replace('_', '-')}" for name in ("seed", "n_train", "n_valid", "n_test")
                       if getattr(args, name) is not None]
-    if args.source != "synthetic" and synthetic_only:
-        raise ValueError(f"{', '.join(synthetic_only)}: only for --source synthetic")
-    if args.source == "synthetic" and args.path:
-        raise ValueError("--path: not used by --source synthetic")
-    if args.source in ("dir", "hf") and not args.path:
+    if args.source not in SYNTHETIC and synthetic_only:
+        raise ValueError(f"{', '.join(synthetic_only)}: only for --source {' | '.join(SYNTHETIC)}")
+    if args.source in SYNTHETIC and args.path:
+        raise ValueError(f"--path: not used by --source {args.source}")
+    if args.source in ("dir", "hf", "jsonl", "hf-conditional") and not args.path:
         raise ValueError(f"--path: required for --source {args.source}")
-    if args.source != "hf" and (args.text_field or args.hf_config):
-        raise ValueError("--text-field/--hf-config: only for --source hf")
+    if args.source != "hf" and args.text_field:
+        raise ValueError("--text-field: only for --source hf")
+    if args.source not in ("hf", "hf-conditional") and args.hf_config:
+        raise ValueError("--hf-config: only for --source hf | hf-conditional")
+    conditional.check_args(args)
     for name in ("max_train_lines", "max_eval_lines", "n_train", "n_valid", "n_test"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -90,7 +102,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _provenance(args: argparse.Namespace) -> dict[str, Any]:
     info: dict[str, Any] = {"source": args.source, "della_version": della.__version__}
-    if args.source == "synthetic":
+    if args.source in SYNTHETIC:
         info.update(seed=args.seed or 0, grammar=synthetic.describe())
     else:
         info["path"] = args.path

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 TOPICS = ("sports", "food", "travel", "tech")
 SENTIMENTS = ("pos", "neg")
@@ -170,25 +170,35 @@ class Grammar:
 
 def generate_corpus(sizes: dict[str, int], seed: int) -> dict[str, list[Example]]:
     """Unique sentences for each split (in the order of `sizes`), deterministic in `seed`."""
-    rng = random.Random(f"della-synthetic-{seed}")
-    grammar = Grammar(rng)
+    grammar = Grammar(random.Random(f"della-synthetic-{seed}"))
+
+    def draw() -> tuple[str, Example]:
+        attrs = grammar.sample_attributes()
+        text = grammar.sentence(**attrs)
+        return text, Example(text, attrs)
+
+    return distinct_splits(sizes, draw)
+
+
+def distinct_splits(sizes: dict[str, int], draw: Callable[[], tuple[str, Any]]) -> dict[str, list[Any]]:
+    """n examples per split (in the order of `sizes`) whose texts are distinct across all splits;
+    draw() -> (text, example). At most 50 n + 1000 draws per split."""
     seen: set[str] = set()
-    corpus: dict[str, list[Example]] = {}
+    corpus: dict[str, list[Any]] = {}
     for split, n in sizes.items():
         if n < 1:
             raise ValueError(f"synthetic split {split!r}: size must be >= 1, got {n}")
-        examples: list[Example] = []
-        attempts = 0
-        while len(examples) < n:
-            attempts += 1
-            if attempts > 50 * n + 1000:
-                raise ValueError(f"synthetic split {split!r}: could not draw {n} distinct sentences "
-                                 f"(got {len(examples)}); ask for fewer")
-            attrs = grammar.sample_attributes()
-            text = grammar.sentence(**attrs)
+        examples: list[Any] = []
+        for _ in range(50 * n + 1000):
+            if len(examples) == n:
+                break
+            text, example = draw()
             if text not in seen:
                 seen.add(text)
-                examples.append(Example(text, attrs))
+                examples.append(example)
+        if len(examples) < n:
+            raise ValueError(f"synthetic split {split!r}: could not draw {n} distinct sentences "
+                             f"(got {len(examples)}); ask for fewer")
         corpus[split] = examples
     return corpus
 
@@ -197,3 +207,44 @@ def describe() -> dict[str, Any]:
     """The grammar's attribute values, for prepare.json."""
     return {"attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
             "word_range": {k: list(v) for k, v in WORD_RANGE.items()}}
+
+
+# --- conditional task: a prompt that fixes some attributes -> a sentence that realises them ----------
+PROMPT_WORDS = {  # how the prompt names each fixed attribute value
+    "topic": {t: f"about {t}" for t in TOPICS},
+    "sentiment": {"pos": "positive", "neg": "negative"},
+    "tense": {t: f"in the {t} tense" for t in TENSES},
+    "length": {"short": "short", "long": "long"},
+}
+
+
+@dataclass(frozen=True)
+class ConditionalExample:
+    source: str
+    target: str
+    attributes: dict[str, Any]  # the four attributes of the target and the names of the fixed ones
+
+
+def prompt(fixed: dict[str, str]) -> str:
+    """'Write a short negative sentence about food in the past tense.' (only the fixed parts)."""
+    words = PROMPT_WORDS
+    adjectives = [words[k][fixed[k]] for k in ("length", "sentiment") if k in fixed]
+    phrases = [words[k][fixed[k]] for k in ("topic", "tense") if k in fixed]
+    return " ".join(["Write a", *adjectives, "sentence", *phrases]) + "."
+
+
+def generate_conditional_corpus(sizes: dict[str, int], seed: int) -> dict[str, list[ConditionalExample]]:
+    """Pairs (prompt, sentence): each attribute is fixed by the prompt with probability 1/2 (at
+    least one is), the others are left to the model, so one prompt has many right answers.
+    Targets are unique across splits; deterministic in `seed`, independent of `generate_corpus`."""
+    rng = random.Random(f"della-synthetic-conditional-{seed}")
+    grammar = Grammar(rng)
+
+    def draw() -> tuple[str, ConditionalExample]:
+        attrs = grammar.sample_attributes()
+        fixed = [name for name in ATTRIBUTES if rng.random() < 0.5] or [rng.choice(list(ATTRIBUTES))]
+        target = grammar.sentence(**attrs)
+        source = prompt({name: attrs[name] for name in fixed})
+        return target, ConditionalExample(source, target, {**attrs, "fixed": fixed})
+
+    return distinct_splits(sizes, draw)

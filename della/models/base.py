@@ -25,7 +25,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2Model
 
 from della.config import BackboneConfig
-from della.io import replace_dir
+from della.io import atomic_write_binary, atomic_write_json, replace_dir
 from della.models.backbone import Backbone, Injection, KVCache
 from della.registry import Registry
 
@@ -61,12 +61,15 @@ class LossOutput:
 
 
 def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mean, diag(exp(logvar))), summed over the last axis."""
+    """log N(z; mean, diag(exp(logvar))), summed over the last axis; in fp32 under bf16 autocast
+    (a bf16 sum over p dimensions would lose the IW weights' precision)."""
+    z, mean, logvar = z.float(), mean.float(), logvar.float()
     return -0.5 * (LOG_2PI + logvar + (z - mean) ** 2 * torch.exp(-logvar)).sum(-1)
 
 
 def gaussian_kl(mq, lq, mp, lp) -> torch.Tensor:
-    """KL(N(mq, e^lq) || N(mp, e^lp)) for diagonal Gaussians, summed over the last axis."""
+    """KL(N(mq, e^lq) || N(mp, e^lp)) for diagonal Gaussians, summed over the last axis, in fp32."""
+    mq, lq, mp, lp = mq.float(), lq.float(), mp.float(), lp.float()
     return 0.5 * (lp - lq + (torch.exp(lq) + (mq - mp) ** 2) * torch.exp(-lp) - 1).sum(-1)
 
 
@@ -82,6 +85,23 @@ class AttentionPooling(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(mask == 0, float("-inf"))
         return (scores.softmax(-1).unsqueeze(-1) * h).sum(1)  # (N, d)
+
+
+class FirstTokenPooling(nn.Module):
+    """x = H_0, the state of the first token (<s>): the paper's choice (§4, App. A.1), and
+    Optimus's [CLS]. The encoder pass is bidirectional, so this state sees the whole sentence."""
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return h[:, 0]
+
+
+POOLING_KINDS = ("attention", "first_token")
+
+
+def build_pooling(kind: str, d: int) -> nn.Module:
+    """The sentence representation x from encoder states (N, T, d); `kind` is a model's `pool` arg,
+    checked against POOLING_KINDS by the model's config."""
+    return AttentionPooling(d) if kind == "attention" else FirstTokenPooling()
 
 
 class LatentModel(nn.Module):
@@ -100,6 +120,7 @@ class LatentModel(nn.Module):
             self.lm_head = nn.Linear(d, vocab.size, bias=False)
 
     # --- latent interface (overridden by latent models) ---------------------------------------
+    has_latent: ClassVar[bool] = True  # False for the plain LM: known before a model is built
     n_groups: int = 0
     latent_size: int = 0
 
@@ -142,7 +163,7 @@ class LatentModel(nn.Module):
     def token_nll(self, input_ids: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """-log p(x | z) per sentence (N,), summed over the predicted tokens (all but <s>)."""
         out = self.backbone(input_ids, causal=True, inject=self.injection(z))
-        logits = self.output_logits(out.hidden[:, :-1], z)  # the last position predicts nothing
+        logits = self.output_logits(out.hidden[:, :-1], z).float()  # the last position predicts nothing; fp32 CE
         N, T, V = logits.shape
         ce = F.cross_entropy(logits.reshape(N * T, V), input_ids[:, 1:].reshape(N * T), reduction="none")
         return (ce.view(N, T) * mask[:, 1:]).sum(1)
@@ -180,8 +201,8 @@ class LatentModel(nn.Module):
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
         meta = {"model": self.registry_name, "model_args": dataclasses.asdict(self.config),
                 "gpt2_config": self.backbone.gpt2.config.to_dict(), "vocab": dataclasses.asdict(self.vocab)}
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-        torch.save(self.state_dict(), tmp / "model.pt")
+        atomic_write_json(tmp / "config.json", meta)
+        atomic_write_binary(tmp / "model.pt", lambda f: torch.save(self.state_dict(), f))
         replace_dir(tmp, directory)
 
     @classmethod

@@ -8,10 +8,18 @@ a padding mask, the decoder pass causal. For each latent layer l = b..e:
   [mu_q; log s2_q] = W_q [x^(l); h_l]                       posterior q(z_l | x, z_<l)
   V'_l = (sum_j W_v^(l,j) [V_l; 1]) * (sum_j W_z^(l,j) [z_l; 1])                   (Eq. 9)
 
-where x^(l) is the attention-pooled output of encoder block l. The defaults follow the paper's
-equations: KL summed over layers (a true ELBO), p(z_b) = N(0, I), tied LM head, padding masked
-in the pooling, no clamps. Each departure of the official code (reference §10) is a switch, and
-the `della-official` preset in config/config.yaml turns them all on.
+where x^(l) is the state of the first token (<s>) at the output of encoder block l (the paper, §4
+and App. A.1; the official code pools all positions by attention: `pool: attention`). The
+defaults follow the paper: KL summed over layers (a true ELBO), p(z_b) = N(0, I), tied LM head,
+the first token's state, no clamps. Each departure of the official code (reference §10) is a
+switch, and the `della-official` preset in config/config.yaml turns them all on.
+
+The ablations of the paper's Table 4 and the BN-VAE trick of its Table 5 are switches too, off by
+default: `fusion: add` (−LTP), `shared_latent` (−LW), `recurrence: false` (Separate), `kl_layers`
+(KL only at l = 1 or l = L) and `bn_gamma` (BN-VAE). With `kl_layers: first` (or `last`) only that
+layer infers z_l from x; every other layer draws z_l from its conditional prior p(z_l | z_<l), in
+training and evaluation alike (q = p, so its KL term is 0): the recurrence stays and one KL term is
+optimised, and the ELBO, KL, MI and AU stay those of the whole model, as in the paper's Table 4.
 """
 
 from __future__ import annotations
@@ -23,7 +31,11 @@ import torch
 from torch import nn
 
 from della.models.backbone import Injection
-from della.models.base import MODELS, AttentionPooling, LatentModel, Posterior, gaussian_kl, gaussian_log_density
+from della.models.base import (MODELS, POOLING_KINDS, LatentModel, Posterior, build_pooling, gaussian_kl,
+                               gaussian_log_density)
+from della.models.bn_vae import PosteriorMeanBatchNorm
+
+KL_LAYERS = {"all": slice(None), "first": slice(0, 1), "last": slice(-1, None)}  # groups with a posterior
 
 
 @dataclass(frozen=True)
@@ -37,14 +49,22 @@ class DellaConfig:
     kl_aggregate: str = "sum"  # sum (paper ELBO) | mean (official code, D1)
     first_prior: str = "standard"  # standard: p(z_b) = N(0, I) | learned (official code, D5)
     tie_lm_head: bool = True  # official code: False, a fresh untied head (D4)
-    pool_mask: bool = True  # official code: False, pads enter the pooling (D6)
+    pool: str = "first_token"  # the paper's x^(l) | attention (official code, reference §2.2)
+    pool_mask: bool = True  # attention pooling only; official code: False, pads enter the pooling (D6)
     clamp: float | None = None  # official code: 5.0 on mu and log s2 (D7)
     use_bow: bool = False
     bow_weight: float = 0.2
+    # Table 4's ablations and Table 5's BN-VAE; the defaults are the paper's model
+    fusion: str = "lmf"  # lmf: Eq. 9 | add: V' = V + W_l z_l, no tensor product (−LTP)
+    shared_latent: bool = False  # −LW: one z, inferred at the top latent layer, fused into every layer
+    recurrence: bool = True  # False (Separate): every z_l is inferred and drawn like the first, without z_<l
+    kl_layers: str = "all"  # all | first | last: the layers with a posterior (the others: q = prior, KL 0)
+    bn_gamma: float | None = None  # BN-VAE: batch-normalised posterior means with this fixed γ
 
     def __post_init__(self):
         choices = {"lmf_mode": ("paper", "lowrank"), "kl_aggregate": ("sum", "mean"),
-                   "first_prior": ("standard", "learned")}
+                   "first_prior": ("standard", "learned"), "pool": POOLING_KINDS, "fusion": ("lmf", "add"),
+                   "kl_layers": tuple(KL_LAYERS)}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"model_args.{key} = {getattr(self, key)!r}; expected one of {allowed}")
@@ -115,10 +135,27 @@ class LowRankFusion(nn.Module):
         return q, k, v * factor[:, None, :]
 
 
+class AdditiveFusion(nn.Module):
+    """−LTP (Table 4): the latent projected (W: p -> d, no bias) and added to the layer's values,
+    V' = V + W z, in place of the low-rank tensor product."""
+
+    def __init__(self, d: int, p: int):
+        super().__init__()
+        self.latent = _linear(p, d, bias=False)
+
+    def latent_factor(self, z: torch.Tensor) -> torch.Tensor:
+        return self.latent(z)
+
+    def project(self, h: torch.Tensor, c_attn, factor: torch.Tensor):
+        q, k, v = c_attn(h).split(h.shape[-1], dim=2)
+        return q, k, v + factor[:, None, :]
+
+
 @MODELS.register("della")
 class Della(LatentModel):
     config_class = DellaConfig
     registry_name = "della"
+    paper_name = "DELLA"  # the row label of the paper's tables
 
     def __init__(self, config: DellaConfig, backbone, vocab):
         super().__init__(config, backbone, vocab)
@@ -126,28 +163,41 @@ class Della(LatentModel):
         end = L - 1 if config.end_layer is None else config.end_layer
         if not 0 <= config.begin_layer <= end < L:
             raise ValueError(f"model_args: need 0 <= begin_layer ({config.begin_layer}) <= end_layer ({end}) < {L}")
-        self.layers = list(range(config.begin_layer, end + 1))  # absolute indices of latent layers
-        self.n_groups, self.latent_size = len(self.layers), p
+        self.layers = list(range(config.begin_layer, end + 1))  # absolute indices of the fused layers
+        # the encoder layers whose x^(l) infers a z: one per fused layer, or the top one under −LW
+        self.latent_layers = self.layers[-1:] if config.shared_latent else self.layers
+        self.n_groups, self.latent_size = len(self.latent_layers), p
         G = self.n_groups
-        self.pool = nn.ModuleList(AttentionPooling(d) for _ in range(G))
+        self.inferred = set(range(G)[KL_LAYERS[config.kl_layers]])  # groups whose z_l is inferred from x
+        self.pool = nn.ModuleList(build_pooling(config.pool, d) for _ in range(G))
         self.recog_x = nn.ModuleList(_linear(d, 2 * p) for _ in range(G))  # W_q split as [W_qx | W_qh]:
         self.recog_h = nn.ModuleList(_linear(p, 2 * p, bias=False) for _ in range(G))  # same map, separable
         self.prior = nn.ModuleList(_linear(p, 2 * p) for _ in range(G))
         self.cell_ih = nn.ModuleList(_linear(p, p) for _ in range(G))
         self.cell_hh = nn.ModuleList(_linear(p, p) for _ in range(G))
-        self.fusion = nn.ModuleList(LowRankFusion(d, p, config.lmf_rank, config.lmf_mode) for _ in range(G))
+        self.fusion = nn.ModuleList(LowRankFusion(d, p, config.lmf_rank, config.lmf_mode) if config.fusion == "lmf"
+                                    else AdditiveFusion(d, p) for _ in self.layers)
         self.bow = _linear(p, d) if config.use_bow else None
+        self.bn = (None if config.bn_gamma is None
+                   else nn.ModuleList(PosteriorMeanBatchNorm(p, config.bn_gamma) for _ in range(G)))
 
     # --- encoder side ----------------------------------------------------------------------------
     def encode(self, input_ids, mask):
         out = self.backbone(input_ids, mask, causal=False, return_layers=True, final_norm=False)
         pool_mask = mask if self.config.pool_mask else None
-        return torch.stack([pool(out.layers[l], pool_mask) for pool, l in zip(self.pool, self.layers)], 1)
+        return torch.stack([pool(out.layers[l], pool_mask) for pool, l in zip(self.pool, self.latent_layers)], 1)
+
+    def _is_root(self, g: int) -> bool:
+        """Whether group g starts a chain: the first one, or every one without the recurrence."""
+        return g == 0 or not self.config.recurrence
 
     def _summary(self, g: int, h: torch.Tensor, z_prev: torch.Tensor) -> torch.Tensor:
-        """h_g from h_{g-1} and z_{g-1}; the first layer's summary is 0 under the standard prior."""
-        if g == 0 and self.config.first_prior == "standard":
-            return torch.zeros_like(h)
+        """h_g from h_{g-1} and z_{g-1}. A root's summary sees neither: 0 under the standard prior,
+        the cell run on zeros under the learned one."""
+        if self._is_root(g):
+            if self.config.first_prior == "standard":
+                return torch.zeros_like(h)
+            h, z_prev = torch.zeros_like(h), torch.zeros_like(z_prev)
         return torch.tanh(self.cell_hh[g](h) + self.cell_ih[g](z_prev))
 
     def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,8 +206,20 @@ class Della(LatentModel):
         mean, logvar = params.chunk(2, dim=-1)
         return mean, logvar
 
+    def _posterior_params(self, g: int, params: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Group g's posterior mean and log-variance from its [mu; log s2] (..., 2p) and the path's
+        summary h (broadcastable to it); a group outside kl_layers has the prior's, q = p(z_g | z_<g)."""
+        if g not in self.inferred:
+            mean, logvar = self._prior_params(g, h)
+            shape = (*params.shape[:-1], self.latent_size)
+            return mean.expand(shape), logvar.expand(shape)
+        mean, logvar = self._split(params)
+        if self.bn is not None:
+            mean = self.bn[g](mean)
+        return mean, logvar
+
     def _prior_params(self, g: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if g == 0 and self.config.first_prior == "standard":
+        if self._is_root(g) and self.config.first_prior == "standard":
             return torch.zeros_like(h), torch.zeros_like(h)
         return self._split(self.prior[g](h))
 
@@ -169,7 +231,7 @@ class Della(LatentModel):
         out = {key: [] for key in ("z", "log_q", "log_p", "kl", "mean", "logvar")}
         for g in range(G):
             h = self._summary(g, h, z)
-            qm, ql = self._split(from_x[:, g] + self.recog_h[g](h))
+            qm, ql = self._posterior_params(g, from_x[:, g] + self.recog_h[g](h), h)
             pm, pl = self._prior_params(g, h)
             z = qm + torch.exp(0.5 * ql) * torch.randn_like(qm)
             for key, value in (("z", z), ("mean", qm), ("logvar", ql), ("kl", gaussian_kl(qm, ql, pm, pl)),
@@ -192,7 +254,10 @@ class Della(LatentModel):
         from_h = torch.stack([self.recog_h[g](hs[:, g]) for g in range(self.n_groups)], 1)  # (M, G, 2p)
         rows = []
         for i in range(0, z.shape[0], chunk):  # (m, N, G, 2p) at a time keeps memory bounded
-            mean, logvar = self._split(from_h[i:i + chunk, None] + from_x[None])
+            params = from_h[i:i + chunk, None] + from_x[None]
+            mean, logvar = zip(*(self._posterior_params(g, params[..., g, :], hs[i:i + chunk, None, g])
+                                 for g in range(self.n_groups)))
+            mean, logvar = torch.stack(mean, -2), torch.stack(logvar, -2)
             rows.append(gaussian_log_density(z[i:i + chunk, None], mean, logvar).sum(-1))
         return torch.cat(rows)
 
@@ -212,8 +277,8 @@ class Della(LatentModel):
     # --- decoder side ----------------------------------------------------------------------------
     def injection(self, z):
         hooks = {}
-        for g, layer in enumerate(self.layers):
-            fusion = self.fusion[g]
+        for i, (layer, fusion) in enumerate(zip(self.layers, self.fusion)):
+            g = 0 if self.config.shared_latent else i
             hooks[layer] = functools.partial(fusion.project, factor=fusion.latent_factor(z[:, g]))
         return Injection(qkv=hooks)
 

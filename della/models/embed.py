@@ -10,6 +10,7 @@ from della.models.single_latent import SingleLatentVAE
 @MODELS.register("embed")
 class EmbedVAE(SingleLatentVAE):
     registry_name = "embed"
+    paper_name = "Embed"  # the row label of the paper's tables
 
     def __init__(self, config, backbone, vocab):
         super().__init__(config, backbone, vocab)

@@ -17,3 +17,5 @@ class GPT2LMConfig:
 class GPT2LM(LatentModel):
     config_class = GPT2LMConfig
     registry_name = "gpt2"
+    paper_name = "GPT-2"  # the row label of the paper's tables
+    has_latent = False

@@ -12,6 +12,7 @@ from della.models.single_latent import SingleLatentVAE
 @MODELS.register("memory")
 class MemoryVAE(SingleLatentVAE):
     registry_name = "memory"
+    paper_name = "Memory"  # the row label of the paper's tables
 
     def __init__(self, config, backbone, vocab):
         super().__init__(config, backbone, vocab)

@@ -2,7 +2,8 @@
 
 One global z (p = 32) with an N(0, I) prior. The encoder is DELLA's kind (reference §9.1,
 TransformerCVAE): the shared GPT-2 run bidirectionally, attention pooling over the final
-(ln_f) states with the padding mask, and one Linear to [mu; log sigma^2]. Only how z enters
+(ln_f) states with the padding mask (`pool: first_token` takes the first token's final state
+instead, as Optimus's [CLS] pooler), and one Linear to [mu; log sigma^2]. Only how z enters
 the decoder differs between the subclasses (their `injection` / `output_logits`).
 """
 
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from della.models.base import AttentionPooling, LatentModel, Posterior, gaussian_kl, gaussian_log_density
+from della.models.base import (POOLING_KINDS, LatentModel, Posterior, build_pooling, gaussian_kl,
+                               gaussian_log_density)
+from della.models.bn_vae import PosteriorMeanBatchNorm
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,12 @@ class SingleLatentConfig:
     latent_size: int = 32
     kl_threshold: float = 0.0  # per-example max(KL, λ); 0 = off
     tie_lm_head: bool = True
+    pool: str = "attention"  # TransformerCVAE's encoder | first_token (Optimus's [CLS], the paper's DELLA)
+    bn_gamma: float | None = None  # BN-VAE (Table 5): batch-normalised posterior means with this fixed γ
+
+    def __post_init__(self):
+        if self.pool not in POOLING_KINDS:
+            raise ValueError(f"model_args.pool = {self.pool!r}; expected one of {POOLING_KINDS}")
 
 
 class SingleLatentVAE(LatentModel):
@@ -31,10 +40,11 @@ class SingleLatentVAE(LatentModel):
         super().__init__(config, backbone, vocab)
         d, p = backbone.n_embd, config.latent_size
         self.latent_size = p
-        self.pool = AttentionPooling(d)
+        self.pool = build_pooling(config.pool, d)
         self.to_posterior = nn.Linear(d, 2 * p)
         nn.init.normal_(self.to_posterior.weight, std=0.02)
         nn.init.zeros_(self.to_posterior.bias)
+        self.bn = None if config.bn_gamma is None else PosteriorMeanBatchNorm(p, config.bn_gamma)
 
     def latent_projection(self, out_features: int) -> nn.Linear:
         """W z without bias, N(0, 0.02^2) init: how each paradigm maps z into the decoder."""
@@ -48,6 +58,9 @@ class SingleLatentVAE(LatentModel):
 
     def _posterior_params(self, features):
         mean, logvar = self.to_posterior(features).chunk(2, dim=-1)  # (B, 1, p) each
+        bn = getattr(self, "bn", None)  # Optimus inherits this method but not __init__: no BN-VAE
+        if bn is not None:
+            mean = bn(mean)
         return mean, logvar
 
     def sample_posterior(self, features, k):

@@ -10,6 +10,7 @@ from della.models.single_latent import SingleLatentVAE
 @MODELS.register("softmax")
 class SoftmaxVAE(SingleLatentVAE):
     registry_name = "softmax"
+    paper_name = "Softmax"  # the row label of the paper's tables
 
     def __init__(self, config, backbone, vocab):
         super().__init__(config, backbone, vocab)

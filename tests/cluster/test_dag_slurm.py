@@ -29,7 +29,7 @@ def rules_of(cluster: LocalSlurm, job_ids) -> dict[int, str]:
 
 
 def test_dag_through_slurm_resumes_after_scancel_and_matches_the_local_table(cluster, default_dag, tmp_path):
-    run_dir = tmp_path / f"results/runs/synthetic/{CANCELLED}/seed0"
+    run_dir = tmp_path / f"results/default/runs/synthetic/{CANCELLED}/seed0"
     t0 = time.monotonic()
     proc = cluster.start_snakemake(dag_args(tmp_path), cwd=tmp_path)
     try:
@@ -55,11 +55,11 @@ def test_dag_through_slurm_resumes_after_scancel_and_matches_the_local_table(clu
     print(f"\n[local-slurm] DAG with scancel + rerun: {time.monotonic() - t0:.0f} s "
           f"(rerun {second.seconds:.0f} s)")
     assert not second.timed_out and second.returncode == 0, second.output[-4000:]
-    assert "resumed from" in (tmp_path / f"logs/train/synthetic/{CANCELLED}/seed0.log").read_text()
+    assert "resumed from" in (tmp_path / f"logs/default/train/synthetic/{CANCELLED}/seed0.log").read_text()
 
     submitted = [*first.slurm_job_ids.values(), *second.slurm_job_ids.values()]  # Slurm ids are unique
     per_rule = rules_of(cluster, submitted)
     assert set(per_rule.values()) == HEAVY_RULES, per_rule
     assert sum(rule == "train" for rule in per_rule.values()) == 6 + 1  # the cancelled one twice
-    table = (tmp_path / "results/tables/table1.csv").read_text()
-    assert table == (default_dag / "results/tables/table1.csv").read_text()
+    table = (tmp_path / "results/default/tables/table1.csv").read_text()
+    assert table == (default_dag / "results/default/tables/table1.csv").read_text()

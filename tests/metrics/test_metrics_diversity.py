@@ -53,7 +53,7 @@ def random_texts(seed: int, n: int) -> list[str]:
 def test_dist_js_cnd_equal_direct_computation_on_random_input(seed):
     samples, references = random_texts(seed, 40), random_texts(seed + 50, 30)
     doc = metrics.compute(["dist", "js", "cnd"], samples, references=references,
-                          js_orders=(1, 2, 3, 4))["metrics"]
+                          dist_orders=(1, 2, 3, 4), js_orders=(1, 2, 3, 4))["metrics"]
     corpus, refs = [s.split() for s in samples], [r.split() for r in references]
     for n in (1, 2, 3, 4):
         assert doc[f"dist{n}"]["value"] == pytest.approx(direct_dist(corpus, n), abs=1e-12)

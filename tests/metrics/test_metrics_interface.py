@@ -79,7 +79,7 @@ def test_cli_rejects_bad_sample_files_naming_file_and_line(tmp_path, content, me
 
 def test_paired_inputs_need_equal_counts():
     with pytest.raises(InputError, match="has 2 lines but <references argument> has 1"):
-        metrics.compute(["rouge"], ["a", "b"], references=["a"])
+        metrics.compute(["rouge"], ["a", "b"], references=["a"], task="conditional")
     with pytest.raises(InputError, match="has 2 lines but <sources argument> has 1"):
         metrics.compute(["dist"], ["a", "b"], sources=["x"], task="unconditional")
     unpaired = metrics.compute(["bleu"], ["a b", "c"], references=["a b"])  # unconditional: fine
@@ -105,22 +105,24 @@ def test_empty_lines_are_counted_under_keep_and_drop(policy, n_samples, n_droppe
 
 
 def test_drop_removes_whole_pairs_and_error_names_the_line():
-    doc = metrics.compute(["rouge"], ["a b", "c", "d"], references=["a b", "", "d"], empty="drop")
+    doc = metrics.compute(["rouge"], ["a b", "c", "d"], references=["a b", "", "d"], empty="drop",
+                          task="conditional")
     assert doc["inputs"]["n_samples"] == doc["inputs"]["n_references"] == 2
     assert doc["metrics"]["rouge1"]["value"] == pytest.approx(1.0)
     with pytest.raises(InputError, match=r"<references argument>:2: empty line"):
-        metrics.compute(["rouge"], ["a b", "c"], references=["a b", ""], empty="error")
+        metrics.compute(["rouge"], ["a b", "c"], references=["a b", ""], empty="error",
+                        task="conditional")
 
 
 def test_registry_declares_direction_once_and_rejects_duplicates():
     assert registry.get("rouge2").label == "R-2" and registry.get("rouge2").metric == "rouge"
-    assert registry.get("cnd").higher_is_better is False
+    assert registry.get("cnd").higher_is_better is False and registry.get("cnd").label == "CND*"
     assert registry.get("bleu").display_scale == 100 and registry.get("mauve").display_scale == 1
     assert set(registry.names()) == {"bleu", "self_bleu", "dist", "js", "cnd", "mauve", "rouge",
                                      "bertscore"}
     with pytest.raises(ValueError, match="already registered"):
         register_metric("bleu", label="B", higher_is_better=True, display_scale=1, decimals=2,
-                        version="1", needs="samples")(lambda ctx: {})
+                        version="1", needs="samples", impl="metrics.bleu:bleu")
 
 
 def test_tokenizers_keep_pretokenised_text_unless_asked(shared_lines):

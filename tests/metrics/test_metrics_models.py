@@ -17,7 +17,7 @@ def test_rouge_equals_rouge_score(shared_lines, stemmer, rouge_l):
     pairs = shared_lines("cnndm", "test", 20) + shared_lines("quora", "test", 100)
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     doc = metrics.compute(["rouge"], sources, references=targets, rouge_stemmer=stemmer,
-                          rouge_l=rouge_l)["metrics"]
+                          rouge_l=rouge_l, task="conditional")["metrics"]
     scorer = RougeScorer(["rouge1", "rouge2", rouge_l], use_stemmer=stemmer)
     scores = [scorer.score(t, s) for s, t in zip(sources, targets)]
     for key, rouge_type in (("rouge1", "rouge1"), ("rouge2", "rouge2"), ("rougeL", rouge_l)):
@@ -49,7 +49,8 @@ def test_mauve_of_a_set_against_itself_is_one_and_word_shuffling_lowers_it(snli_
 
 def test_bertscore_of_identical_strings_is_one_and_empty_pairs_score_zero():
     texts = ["a man is playing a guitar on stage .", "two dogs run through the snow", "hello"]
-    doc = metrics.compute(["bertscore"], texts + [""], references=texts + ["not empty"])
+    doc = metrics.compute(["bertscore"], texts + [""], references=texts + ["not empty"],
+                          task="conditional")
     entry = doc["metrics"]["bertscore"]
     assert entry["value"] == pytest.approx(3 / 4, abs=1e-5)  # three identical pairs, one empty
     assert entry["details"]["n_empty_pairs_scored_0"] == 1
@@ -67,7 +68,7 @@ def test_chunked_bertscore_equals_bert_score_in_one_call(shared_lines, monkeypat
     pairs = shared_lines("quora", "test", 30)
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     monkeypatch.setattr(metrics.bertscore, "CHUNK", 7)
-    entry = metrics.compute(["bertscore"], sources, references=targets,
+    entry = metrics.compute(["bertscore"], sources, references=targets, task="conditional",
                             bertscore_idf=idf)["metrics"]["bertscore"]
     p, r, f = bert_score.score(sources, targets, model_type=resolve_encoder("minilm"),
                                num_layers=6, idf=idf)
@@ -75,11 +76,16 @@ def test_chunked_bertscore_equals_bert_score_in_one_call(shared_lines, monkeypat
     assert entry["details"]["recall"] == pytest.approx(float(r.double().mean()), abs=1e-6)
 
 
-def test_a_missing_encoder_is_recorded_and_other_metrics_still_run(tmp_path):
+def test_a_missing_encoder_fails_unless_optional_then_it_is_recorded(tmp_path):
+    from metrics.compute import MetricFailed
+
     missing = str(tmp_path / "no-such-model")
+    args = dict(references=["a b c", "d e g"], task="conditional", mauve_encoder=missing,
+                bertscore_model=missing, bertscore_num_layers=2)
+    with pytest.raises(MetricFailed, match="bertscore: .*mark it optional"):
+        metrics.compute(["bertscore", "rouge"], ["a b c", "d e f"], **args)
     doc = metrics.compute(["bertscore", "mauve", "rouge"], ["a b c", "d e f"],
-                          references=["a b c", "d e g"], mauve_encoder=missing,
-                          bertscore_model=missing, bertscore_num_layers=2)["metrics"]
+                          optional=["bertscore", "mauve"], **args)["metrics"]
     for key in ("bertscore", "mauve"):
-        assert doc[key]["value"] is None and doc[key]["error"]
+        assert doc[key]["value"] is None and "no-such-model" in doc[key]["error"]
     assert doc["rouge1"]["value"] == pytest.approx((1 + 2 / 3) / 2)

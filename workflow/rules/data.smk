@@ -1,4 +1,4 @@
-# Corpus -> results/data/{dataset}/ ; train.txt -> results/tokenizers/{dataset}/.
+# Corpus -> results/<experiment>/data/{dataset}/ ; train.txt -> results/<experiment>/tokenizers/{dataset}/.
 # Both are local rules: they are cheap, and a Hugging Face dataset or pretrained tokenizer may
 # need the network, which a cluster's login node has and its compute nodes often do not.
 
@@ -7,29 +7,31 @@ rule prepare_data:
     input:
         prepare_inputs,
     output:
-        train="results/data/{dataset}/train.txt",
-        valid="results/data/{dataset}/valid.txt",
-        test="results/data/{dataset}/test.txt",
-        report="results/data/{dataset}/prepare.json",
+        train=results("data/{dataset}/train.txt"),
+        valid=results("data/{dataset}/valid.txt"),
+        test=results("data/{dataset}/test.txt"),
+        report=results("data/{dataset}/prepare.json"),
     params:
         args=prepare_args,
+        out=lambda wildcards, output: Path(output.train).parent,
     log:
-        "logs/prepare_data/{dataset}.log",
+        logs("prepare_data/{dataset}.log"),
     localrule: True
     shell:
-        "python -m della prepare-data {params.args} --out results/data/{wildcards.dataset} > {log} 2>&1"
+        "python -m della prepare-data {params.args} --out {params.out} > {log} 2>&1"
 
 
 rule tokenizer:
     input:
-        "results/data/{dataset}/train.txt",
+        results("data/{dataset}/train.txt"),
     output:
-        "results/tokenizers/{dataset}/tokenizer-info.json",
+        results("tokenizers/{dataset}/tokenizer-info.json"),
     params:
         args=tokenizer_args,
+        data=lambda wildcards, input: Path(input[0]).parent,
+        out=lambda wildcards, output: Path(output[0]).parent,
     log:
-        "logs/tokenizer/{dataset}.log",
+        logs("tokenizer/{dataset}.log"),
     localrule: True
     shell:
-        "python -m della tokenizer --data results/data/{wildcards.dataset} {params.args}"
-        " --out results/tokenizers/{wildcards.dataset} > {log} 2>&1"
+        "python -m della tokenizer --data {params.data} {params.args} --out {params.out} > {log} 2>&1"

@@ -4,15 +4,15 @@
 rule evaluate:
     input:
         run=f"{RUN_DIR}/run.json",
-        test="results/data/{dataset}/test.txt",
+        test=results("data/{dataset}/test.txt"),
     output:
         f"{RUN_DIR}/eval.json",
     params:
         run_dir=run_dir,
     log:
-        "logs/evaluate/{dataset}/{model}/seed{seed}.log",
+        logs("evaluate/{dataset}/{model}/seed{seed}.log"),
     benchmark:
-        "results/benchmarks/evaluate/{dataset}/{model}/seed{seed}.jsonl"
+        results("benchmarks/evaluate/{dataset}/{model}/seed{seed}.jsonl")
     threads: rule_threads("evaluate")
     resources:
         **rule_resources("evaluate"),
@@ -28,9 +28,9 @@ rule generate:
     params:
         run_dir=run_dir,
     log:
-        "logs/generate/{dataset}/{model}/seed{seed}.log",
+        logs("generate/{dataset}/{model}/seed{seed}.log"),
     benchmark:
-        "results/benchmarks/generate/{dataset}/{model}/seed{seed}.jsonl"
+        results("benchmarks/generate/{dataset}/{model}/seed{seed}.jsonl")
     threads: rule_threads("generate")
     resources:
         **rule_resources("generate"),
@@ -41,16 +41,16 @@ rule generate:
 rule text_metrics:
     input:
         samples=f"{RUN_DIR}/samples.txt",
-        references="results/data/{dataset}/test.txt",
+        references=results("data/{dataset}/test.txt"),
     output:
         f"{RUN_DIR}/metrics.json",
     params:
-        metrics=text_metrics_arg,
+        metric_args=text_metrics_args,
     log:
-        "logs/text_metrics/{dataset}/{model}/seed{seed}.log",
+        logs("text_metrics/{dataset}/{model}/seed{seed}.log"),
     threads: rule_threads("text_metrics")
     resources:
         **rule_resources("text_metrics"),
     shell:
         "python -m metrics compute --samples {input.samples} --references {input.references}"
-        " --metrics {params.metrics} --threads {threads} --out {output} > {log} 2>&1"
+        " {params.metric_args} --threads {threads} --out {output} > {log} 2>&1"

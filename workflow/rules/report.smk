@@ -16,7 +16,7 @@ rule learning_curves:
     params:
         train_log=f"{RUN_DIR}/train-log.jsonl",
     log:
-        "logs/learning_curves/{dataset}/{model}/seed{seed}.log",
+        logs("learning_curves/{dataset}/{model}/seed{seed}.log"),
     localrule: True
     shell:
         "python -m della curves --train-log {params.train_log} --title '{wildcards.dataset} / {wildcards.model}"
@@ -35,7 +35,7 @@ rule samples_page:
             labels={"model": "{model}", "seed": "{seed}"},
         ),
     log:
-        "logs/samples_page/{dataset}/{model}/seed{seed}.log",
+        logs("samples_page/{dataset}/{model}/seed{seed}.log"),
     localrule: True
     shell:
         "python -m della samples-page --samples {input} --title 'Samples: {wildcards.dataset} / {wildcards.model}"
@@ -46,9 +46,9 @@ rule provenance:
     input:
         every_run(f"{RUN_DIR}/run.json"),
     output:
-        report("results/provenance.html", caption="../report/provenance.rst", category="Provenance"),
+        report(results("provenance.html"), caption="../report/provenance.rst", category="Provenance"),
     log:
-        "logs/provenance.log",
+        logs("provenance.log"),
     localrule: True
     shell:
         "python -m della provenance --runs {input} --out {output} > {log} 2>&1"

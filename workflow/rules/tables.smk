@@ -1,58 +1,100 @@
-# All eval.json/metrics.json -> results/summary.csv -> results/tables/table1.{tex,csv,md,html};
-# all run.json + train benchmarks -> results/cost.csv -> results/tables/cost.{tex,csv,md,html}.
+# All eval.json/metrics.json -> results/<experiment>/summary.csv -> tables/<name>.{tex,compact.tex,csv,md,html}
+# for each name of config `tables.names` (table1 by default);
+# all run.json + train benchmarks -> results/cost.csv -> results/tables/cost.{...}.
 # These need every result: a failed run stops them (and the workflow) rather than hiding in a
 # table. A value that a metric could not compute is null in its JSON and shows as "–".
+# The code that reads and renders them is an input, so editing it reruns these rules.
+import shlex
+
+from della.models import default_label, paper_name
+from della.tables import PAPER_DIR, PAPER_TABLES, TABLES
+
+TABLES_CODE = str(REPO / "della" / "tables.py")
+
+
+def table_args(paper_rows):
+    """Row labels (config `label`, else the model's paper name), and the paper's rows if asked for."""
+    args = []
+    for name, entry in config["models"].items():
+        args += ["--label", f"{name}={entry['label'] or default_label(entry['model'])}"]
+        if paper_rows and paper_name(entry["model"]):
+            args += ["--paper-model", f"{name}={paper_name(entry['model'])}"]
+    if paper_rows:
+        args.append("--paper")
+        for dataset, paper_dataset in config["tables"]["paper_datasets"].items():
+            args += ["--paper-dataset", f"{dataset}={paper_dataset}"]
+    return shlex.join(args)
 
 
 rule aggregate:
     input:
-        result_files(),
+        results=result_files(),
+        code=TABLES_CODE,
     output:
-        "results/summary.csv",
+        results("summary.csv"),
     log:
-        "logs/aggregate.log",
+        logs("aggregate.log"),
     localrule: True
     shell:
-        "python -m della aggregate --inputs {input} --out {output} > {log} 2>&1"
+        "python -m della aggregate --inputs {input.results} --out {output} > {log} 2>&1"
 
 
-rule table1:
-    input:
-        "results/summary.csv",
-    output:
-        **table_outputs("table1"),
-    params:
-        table="table1",
-        datasets=",".join(DATASETS),
-        models=",".join(MODELS),
-    log:
-        "logs/table1.log",
-    localrule: True
-    shell:
-        "python -m della table --summary {input} --table {params.table} --datasets {params.datasets:q}"
-        " --models {params.models:q} --out-prefix results/tables/{params.table} > {log} 2>&1"
+# One rule per table of config `tables.names` (layouts of della.tables.TABLES: table1, table4, ...),
+# named after it; table1 always, as cost_table below is made from it. Paper rows only where the
+# paper has that table.
+for _table in dict.fromkeys(["table1", *config["tables"]["names"]]):
+
+    rule:
+        name:
+            _table
+        input:
+            summary=results("summary.csv"),
+            code=TABLES_CODE,
+            paper=[str(PAPER_DIR / f"{name}.csv") for name in PAPER_TABLES.get(_table, [])],
+        output:
+            **table_outputs(_table),
+            compact=results(f"tables/{_table}.compact.tex"),
+        params:
+            table=_table,
+            out_prefix=table_prefix,
+            datasets=",".join(DATASETS),
+            models=",".join(MODELS),
+            args=table_args(config["tables"]["paper_rows"] and _table in PAPER_TABLES),
+        log:
+            logs(f"{_table}.log"),
+        localrule: True
+        shell:
+            "python -m della table --summary {input.summary} --table {params.table} --datasets {params.datasets:q}"
+            " --models {params.models:q} {params.args} --out-prefix {params.out_prefix} > {log} 2>&1"
 
 
 # The training cost of every model (della/cost.py declares each number's label and direction).
 use rule aggregate as aggregate_cost with:
     input:
-        every_run(f"{RUN_DIR}/run.json"),
-        every_run("results/benchmarks/train/{dataset}/{model}/seed{seed}.jsonl"),
+        results=every_run(f"{RUN_DIR}/run.json")
+        + every_run(results("benchmarks/train/{dataset}/{model}/seed{seed}.jsonl")),
+        code=[TABLES_CODE, str(REPO / "della" / "cost.py")],
     output:
-        "results/cost.csv",
+        results("cost.csv"),
     log:
-        "logs/aggregate_cost.log",
+        logs("aggregate_cost.log"),
 
 
 use rule table1 as cost_table with:
     input:
-        "results/cost.csv",
+        summary=results("cost.csv"),
+        code=TABLES_CODE,
     output:
         **table_outputs("cost"),
+        compact=results("tables/cost.compact.tex"),
     params:
         table="cost",
+        out_prefix=table_prefix,
+        datasets=",".join(DATASETS),
+        models=",".join(MODELS),
+        args=table_args(paper_rows=False),
     log:
-        "logs/cost_table.log",
+        logs("cost_table.log"),
 
 
 localrules:

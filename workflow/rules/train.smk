@@ -1,34 +1,37 @@
 # The run config (the only place it is built), then one training run per (dataset, model, seed).
+# Any run config change reruns `train`; inside it the checkpoints' fingerprint decides what is reused
+# (README "Resuming"): a finished run of the same training recipe only rewrites run.json.
 
 
 rule run_config:
     output:
         f"{RUN_DIR}/config.yaml",
     params:
-        run=run_config,  # a config change reruns the run and everything after it
+        resolved=run_config_json,  # a config change reruns the run and everything after it
     log:
-        "logs/run_config/{dataset}/{model}/seed{seed}.log",
+        logs("run_config/{dataset}/{model}/seed{seed}.log"),
     localrule: True
-    run:
-        write_run_config(params.run, output[0], log[0])
+    shell:  # a shell rule, not `run:`: Snakemake records run: jobs with a negative runtime
+        "python -m della run-config --resolved {params.resolved:q} --out {output} > {log} 2>&1"
 
 
 rule train:
     input:
         config=f"{RUN_DIR}/config.yaml",
-        data=multiext("results/data/{dataset}/", "train.txt", "valid.txt"),
-        tokenizer="results/tokenizers/{dataset}/tokenizer-info.json",
+        data=multiext(results("data/{dataset}/"), "train.txt", "valid.txt"),
+        tokenizer=results("tokenizers/{dataset}/tokenizer-info.json"),
     output:
         f"{RUN_DIR}/run.json",  # written last, after the final checkpoint
     params:
         run_dir=run_dir,
         launcher=train_launcher(),
     log:
-        "logs/train/{dataset}/{model}/seed{seed}.log",
+        logs("train/{dataset}/{model}/seed{seed}.log"),
     benchmark:
-        "results/benchmarks/train/{dataset}/{model}/seed{seed}.jsonl"
+        results("benchmarks/train/{dataset}/{model}/seed{seed}.jsonl")
     threads: rule_threads("train")
     resources:
         **rule_resources("train"),
-    shell:
-        "{params.launcher} -m della train --config {input.config} --out {params.run_dir} > {log} 2>&1"
+    shell:  # the full log (tqdm bar included) goes to {log}; the per-epoch progress lines to the terminal
+        "{params.launcher} -m della train --config {input.config} --out {params.run_dir} 2>&1 | tee {log}"
+        " | awk '/ progress / {{sub(/.*\\r/, \"\"); print; fflush()}}'"

@@ -1,0 +1,137 @@
+"""`python -m della data-stats --data DIR... --out-prefix results/tables/table7`: the paper's Table 7.
+
+Per prepared dataset (`results/data/<dataset>/`, named by its directory): the number of train, dev
+(valid) and test sentences, and the average length per sentence over all three splits, in
+whitespace-separated words and, given the dataset's tokenizer (`--tokenizer`, one per `--data`, in
+the same order), in BPE tokens without `<s>`/`</s>`. The paper does not say which split its average
+covers; all of them here. Writes `<prefix>.{csv,md,tex,html}`: the CSV holds the exact counts, the
+other renderings round them as the paper does (42k, 3k).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from della.data.corpus import read_lines
+from della.data.prepare import SPLITS
+from della.data.tokenizer import Tokenizer, load_tokenizer
+from della.io import atomic_write_text
+from della.tables import html_document, latex_escape
+
+log = logging.getLogger(__name__)
+
+CAPTION = ("Statistics of datasets: the size of the train/dev/test sets and the average length per "
+           "sentence over all splits.")
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    dataset: str
+    sentences: dict[str, int]  # split -> number of sentences
+    avg_words: float
+    avg_tokens: float | None  # None without a tokenizer
+
+
+def dataset_stats(data_dir: str | Path, tokenizer: Tokenizer | None = None) -> DatasetStats:
+    data_dir = Path(data_dir)
+    lines = {split: read_lines(data_dir / f"{split}.txt") for split in SPLITS}
+    every = [line for split in SPLITS for line in lines[split]]
+    avg_tokens = None
+    if tokenizer is not None:
+        avg_tokens = sum(map(len, tokenizer.encode_batch(every))) / len(every)
+    return DatasetStats(dataset=data_dir.name, sentences={s: len(lines[s]) for s in SPLITS},
+                        avg_words=sum(len(line.split()) for line in every) / len(every), avg_tokens=avg_tokens)
+
+
+def paper_count(n: int) -> str:
+    """The paper's rounding: 3370 -> 3k, 42068 -> 42k; below 1000 exact, from a million 1.2M."""
+    if n < 1000:
+        return str(n)
+    if n < 1_000_000:
+        return f"{round(n / 1000)}k"
+    return f"{n / 1_000_000:.1f}M"
+
+
+def _header(with_tokens: bool) -> list[str]:
+    return ["Dataset", "# Train", "# Dev", "# Test", "Avg. length (words)"] + (["Avg. length (BPE)"] * with_tokens)
+
+
+def _display_rows(stats: list[DatasetStats], with_tokens: bool) -> list[list[str]]:
+    rows = []
+    for s in stats:
+        row = [s.dataset, *(paper_count(s.sentences[split]) for split in SPLITS), f"{s.avg_words:.1f}"]
+        if with_tokens:
+            row.append("–" if s.avg_tokens is None else f"{s.avg_tokens:.1f}")
+        rows.append(row)
+    return rows
+
+
+def render_csv(stats: list[DatasetStats]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["dataset", "train", "valid", "test", "avg_words", "avg_bpe_tokens"])
+    for s in stats:
+        writer.writerow([s.dataset, *(s.sentences[split] for split in SPLITS), repr(s.avg_words),
+                         "" if s.avg_tokens is None else repr(s.avg_tokens)])
+    return buf.getvalue()
+
+
+def render_markdown(stats: list[DatasetStats], with_tokens: bool) -> str:
+    header = _header(with_tokens)
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in _display_rows(stats, with_tokens)]
+    return "\n".join([*lines, "", CAPTION]) + "\n"
+
+
+def render_latex(stats: list[DatasetStats], with_tokens: bool) -> str:
+    header = _header(with_tokens)
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
+             r"\toprule", " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in _display_rows(stats, with_tokens)]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{latex_escape(CAPTION)}}}", r"\label{tab:table7}",
+              r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(stats: list[DatasetStats], with_tokens: bool) -> str:
+    def cells(tag: str, row: list[str]) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row) + "</tr>"
+
+    body = ["<table>", cells("th", _header(with_tokens)),
+            *(cells("td", row) for row in _display_rows(stats, with_tokens)), "</table>",
+            f"<p>{html.escape(CAPTION)}</p>"]
+    style = "table{border-collapse:collapse}td,th{padding:2px 8px;text-align:right}td:first-child{text-align:left}"
+    return html_document("Table 7: dataset statistics", style, body)
+
+
+def write_table(stats: list[DatasetStats], out_prefix: str | Path) -> None:
+    with_tokens = any(s.avg_tokens is not None for s in stats)
+    prefix = Path(out_prefix)
+    renderings = {"csv": render_csv(stats), "md": render_markdown(stats, with_tokens),
+                  "tex": render_latex(stats, with_tokens), "html": render_html(stats, with_tokens)}
+    for suffix, text in renderings.items():
+        atomic_write_text(prefix.with_name(f"{prefix.name}.{suffix}"), text)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__.splitlines()[0]
+    p.add_argument("--data", nargs="+", required=True, help="prepared dataset directories (results/data/<dataset>)")
+    p.add_argument("--tokenizer", nargs="+", default=None,
+                   help="the tokenizer directory of each dataset, in --data's order (adds the BPE length)")
+    p.add_argument("--out-prefix", required=True, help="e.g. results/tables/table7 -> table7.{csv,md,tex,html}")
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.tokenizer is not None and len(args.tokenizer) != len(args.data):
+        raise ValueError(f"--tokenizer: {len(args.tokenizer)} directories for {len(args.data)} --data "
+                         f"directories; give one per dataset, in the same order")
+    tokenizers = [load_tokenizer(t) for t in args.tokenizer] if args.tokenizer else [None] * len(args.data)
+    stats = [dataset_stats(d, tok) for d, tok in zip(args.data, tokenizers)]
+    write_table(stats, args.out_prefix)
+    log.info("statistics of %d dataset(s) -> %s.{csv,md,tex,html}", len(stats), args.out_prefix)

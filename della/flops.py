@@ -1,0 +1,53 @@
+"""Model FLOPs of a training step and the peak throughput of known cards: model FLOPs utilisation
+(MFU) for `benchmarks/train_speed.py` and the cost table, from this one count.
+
+The count is the usual dense-Transformer one (Kaplan et al. 2020, PaLM App. B): per token and
+layer 24 d^2 (QKV, output, 4d MLP) + 4 T d (scores and weighted sum), the LM head 2 d V, and a
+training step is 3x the forward (backward = 2x). A latent model adds one encoder pass without
+the LM head; its latent heads (O(d p) per layer and sentence) are left out, so MFU is a slight
+underestimate for DELLA.
+"""
+
+from __future__ import annotations
+
+# Dense peak TFLOP/s (NVIDIA datasheets, SXM parts): bf16 tensor cores; tf32 tensor cores (what
+# fp32 matmuls run at when torch allows TF32); fp32 without TF32 (CUDA cores).
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.0, "tf32": 494.5, "fp32": 67.0},
+    "H100": {"bf16": 989.0, "tf32": 494.5, "fp32": 67.0},
+    "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
+}
+
+
+def forward_flops_per_token(n_layer: int, d: int, vocab: int, seq: float) -> tuple[float, float]:
+    """(body, head) forward FLOPs per token of one GPT-2 pass over sequences of length seq."""
+    return n_layer * (24 * d * d + 4 * seq * d), 2 * d * vocab
+
+
+def train_flops_per_token(n_layer: int, d: int, vocab: int, seq: float, encoder: bool) -> float:
+    """Forward + backward FLOPs per token of one training step; `encoder`: a latent model's extra pass."""
+    body, head = forward_flops_per_token(n_layer, d, vocab, seq)
+    return 3 * (body + head + (body if encoder else 0))
+
+
+def vae_lm_floor(n_layer: int, d: int, vocab: int, seq: float) -> float:
+    """The least step-time ratio of a latent model to the LM: 1 + body / (body + head)."""
+    body, head = forward_flops_per_token(n_layer, d, vocab, seq)
+    return 1 + body / (body + head)
+
+
+def peak_tflops(device_name: str | None, precision: str) -> tuple[float | None, str]:
+    """(dense peak, "") of a known card, or (None, why). precision: bf16 | tf32 | fp32."""
+    if not device_name:
+        return None, "not trained on a GPU: no peak FLOP rate to compare with"
+    for card, peaks in PEAK_TFLOPS.items():
+        if card in device_name.upper():
+            return peaks[precision], ""
+    return None, f"{device_name!r} is not in della.flops.PEAK_TFLOPS ({', '.join(PEAK_TFLOPS)})"
+
+
+def matmul_precision(precision: str, allow_tf32: bool) -> str:
+    """The peak column a run's matmuls use: bf16, or fp32 at tf32 when torch allows TF32."""
+    if precision == "bf16":
+        return "bf16"
+    return "tf32" if allow_tf32 else "fp32"

@@ -1,0 +1,92 @@
+"""Table 7 (`python -m della data-stats`) on tiny corpora whose counts are known by hand."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from tokenizers import Regex, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.models import WordLevel
+
+from della.cli import main as della_cli
+from della.data.stats import dataset_stats, paper_count
+from della.data.tokenizer import Tokenizer, load_tokenizer
+
+CORPUS = {  # 6 sentences; words 2+3+4 + 1 + 5+3 = 18; non-space characters 2+4+4 + 2 + 5+3 = 20
+    "train": ["a b", "cc d e", "f g h i"],
+    "valid": ["jj"],
+    "test": ["k l m n o", "p q r"],
+}
+N_WORDS, N_CHARS = 18, 20
+
+
+def write_corpus(directory, corpus=CORPUS):
+    directory.mkdir(parents=True)
+    for split, lines in corpus.items():
+        (directory / f"{split}.txt").write_text("".join(line + "\n" for line in lines))
+    return directory
+
+
+def char_tokenizer(directory):
+    """A tokenizer with one token per non-space character: its length is known by hand."""
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<s>", "</s>", "<unk>", *"abcdefghijklmnopqr"])}
+    hf = HFTokenizer(WordLevel(vocab, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                pre_tokenizers.Split(Regex("."), behavior="isolated")])
+    Tokenizer(hf, {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}).save(directory)
+    return directory
+
+
+def test_counts_and_average_lengths_are_those_of_the_corpus(tmp_path):
+    stats = dataset_stats(write_corpus(tmp_path / "tiny"), load_tokenizer(char_tokenizer(tmp_path / "tok")))
+    assert stats.dataset == "tiny"
+    assert stats.sentences == {"train": 3, "valid": 1, "test": 2}
+    assert stats.avg_words == pytest.approx(N_WORDS / 6)
+    assert stats.avg_tokens == pytest.approx(N_CHARS / 6)
+    assert dataset_stats(tmp_path / "tiny").avg_tokens is None
+
+
+@pytest.mark.parametrize("n, text", [(0, "0"), (999, "999"), (3370, "3k"), (42068, "42k"), (99_600, "100k"),
+                                     (287_113, "287k"), (1_250_000, "1.2M")])
+def test_counts_are_rounded_as_in_the_paper(n, text):
+    assert paper_count(n) == text
+
+
+def test_cli_writes_the_table_in_every_format(tmp_path):
+    big = {"train": [f"w{i % 7} x" for i in range(4200)], "valid": ["y"] * 10, "test": ["z z z"] * 10}
+    dirs = [write_corpus(tmp_path / "tiny"), write_corpus(tmp_path / "big", big)]
+    della_cli(["data-stats", "--data", *map(str, dirs), "--out-prefix", str(tmp_path / "out" / "table7")])
+    with open(tmp_path / "out" / "table7.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["dataset"] for r in rows] == ["tiny", "big"]
+    assert (rows[1]["train"], rows[1]["valid"], rows[1]["test"]) == ("4200", "10", "10")
+    assert float(rows[1]["avg_words"]) == pytest.approx((4200 * 2 + 10 + 30) / 4220)
+    assert rows[0]["avg_bpe_tokens"] == ""
+    md = (tmp_path / "out" / "table7.md").read_text()
+    assert "| big | 4k | 10 | 10 | 2.0 |" in md and "BPE" not in md
+    tex = (tmp_path / "out" / "table7.tex").read_text()
+    assert r"\# Train" in tex and r"tiny & 3 & 1 & 2 & 3.0 \\" in tex
+    assert "<td>4k</td>" in (tmp_path / "out" / "table7.html").read_text()
+
+
+def test_cli_adds_the_bpe_column_with_one_tokenizer_per_dataset(tmp_path):
+    data, tok = write_corpus(tmp_path / "tiny"), char_tokenizer(tmp_path / "tok")
+    della_cli(["data-stats", "--data", str(data), "--tokenizer", str(tok), "--out-prefix", str(tmp_path / "t7")])
+    assert f"| tiny | 3 | 1 | 2 | 3.0 | {N_CHARS / 6:.1f} |" in (tmp_path / "t7.md").read_text()
+
+
+def test_tokenizers_must_match_the_datasets_one_to_one(tmp_path, caplog):
+    data = write_corpus(tmp_path / "tiny")
+    with pytest.raises(SystemExit):
+        della_cli(["data-stats", "--data", str(data), str(data), "--tokenizer", str(tmp_path),
+                   "--out-prefix", str(tmp_path / "t7")])
+    assert "--tokenizer: 1 directories for 2 --data" in caplog.text
+
+
+def test_a_missing_split_names_the_file(tmp_path, caplog):
+    data = write_corpus(tmp_path / "tiny")
+    (data / "valid.txt").unlink()
+    with pytest.raises(SystemExit):
+        della_cli(["data-stats", "--data", str(data), "--out-prefix", str(tmp_path / "t7")])
+    assert f"{data / 'valid.txt'}: no such file" in caplog.text

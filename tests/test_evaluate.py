@@ -1,0 +1,123 @@
+"""eval.json's representation metrics: rows stay paired with their sentence, every PPL convention
+under its own key, MI with its standard error, AU on path-averaged means, tiny splits give null."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from della.config import RunConfig
+from della.evaluate import PPL_CONVENTIONS, collect, evaluate, ppl_metrics, representation_metrics
+from della.metric_spec import MetricSpec
+from della.models.base import gaussian_log_density
+from della.train import train
+from tests.conftest import VOCAB, tiny_model
+from tests.test_estimators import _della_with_known_means
+from tests.test_train import run_config
+
+
+def _split(lengths: list[int], seed: int = 0) -> SimpleNamespace:
+    """Sentences [<s>, tokens..., </s>] of the given numbers of tokens, in this (unsorted) order."""
+    g = torch.Generator().manual_seed(seed)
+    return SimpleNamespace(sequences=[[VOCAB.bos_id, *torch.randint(3, VOCAB.size, (n,), generator=g).tolist(),
+                                       VOCAB.eos_id] for n in lengths])
+
+
+LENGTHS = [7, 2, 5, 9, 3, 6, 1, 8]  # length-sorted batches of 3 reorder and regroup them
+
+
+@pytest.mark.parametrize("name", ["embed", "della"])
+def test_collect_keeps_each_row_with_its_own_sentence(name):
+    """Batches are length-sorted; every per-sentence tensor must land on its sentence's row,
+    and z, mean, logvar and features of a row must come from the same sentence."""
+    model = tiny_model(name)
+    split = _split(LENGTHS)
+    torch.manual_seed(0)
+    acc = collect(model, split, k=1, batch_size=3, device="cpu")
+    for i, seq in enumerate(split.sequences):
+        alone = torch.tensor([seq])
+        assert torch.allclose(acc["features"][i], model.encode(alone, torch.ones_like(alone))[0], atol=1e-5)
+        assert acc["n_pred"][i] == len(seq) - 1
+    own = model.log_q_matrix(acc["z"], acc["features"]).diagonal()
+    if name == "embed":  # one group: q(z_i | x_i) = N(z_i; mean_i, logvar_i)
+        assert torch.allclose(own, gaussian_log_density(acc["z"], acc["mean"], acc["logvar"]).sum(-1), atol=1e-4)
+
+
+def test_every_ppl_convention_is_its_own_key_with_its_own_estimator_and_word_count():
+    acc = {"rec_nll": torch.zeros(2), "n_pred": torch.tensor([4.0, 6.0]),
+           "log_marginal": torch.tensor([-10.0, -20.0]), "log_marginal_layer_mean": torch.tensor([-8.0, -16.0])}
+    out = ppl_metrics(acc, k=5, n_groups=3)
+    expected = {"iw_ppl": math.exp(30 / 10), "iw_ppl_bos": math.exp(30 / 12),
+                "iw_ppl_layer_mean": math.exp(24 / 10), "iw_ppl_official": math.exp(24 / 12)}
+    assert set(PPL_CONVENTIONS) == set(expected)
+    for key, value in expected.items():
+        assert out[key]["value"] == pytest.approx(value)
+        _, estimator, words = PPL_CONVENTIONS[key]
+        assert f"est={estimator}|words={words}" in out[key]["signature"]
+    assert "est=hierarchical|words=bpe+eos" in out["iw_ppl"]["signature"]
+    assert out["iw_nll"]["value"] == pytest.approx(15.0)
+
+
+def test_mi_entry_is_the_paired_estimate_with_a_deterministic_stderr_and_he2019_beside_it():
+    model = tiny_model("della")
+    torch.manual_seed(0)
+    acc = collect(model, _split(LENGTHS * 3), k=2, batch_size=4, device="cpu")
+    first, again = (representation_metrics(model, acc, k=2, mi_batch_size=None)["mi"] for _ in range(2))
+    assert first == again
+    assert first["stderr"] > 0 and math.isfinite(first["value"])
+    assert {"he2019", "he2019_stderr", "upper_bound_log_M"} <= set(first["details"])
+    assert "paired" in first["signature"] and "n=24" in first["signature"]
+
+
+def test_a_collapsed_della_posterior_reports_mi_zero():
+    model = tiny_model("della", first_prior="learned")
+    with torch.no_grad():
+        for g in range(model.n_groups):
+            model.recog_x[g].weight.zero_()
+    torch.manual_seed(0)
+    acc = collect(model, _split(LENGTHS * 3), k=2, batch_size=4, device="cpu")
+    mi = representation_metrics(model, acc, k=2, mi_batch_size=None)["mi"]
+    assert abs(mi["value"]) < 1e-4 and mi["stderr"] < 1e-4
+
+
+def test_au_uses_the_means_averaged_over_the_k_paths():
+    """A model whose E_q[z_2 | x] is the same for every x: with one path the layer-2 means vary
+    (spurious active units), averaged over K paths they do not; layer 1's means are exact."""
+    model = _della_with_known_means()
+    split = _split([5] * 12)
+    torch.manual_seed(0)
+    one_path = representation_metrics(model, collect(model, split, 1, 12, "cpu"), k=1, mi_batch_size=None)
+    acc = collect(model, split, 100, 12, "cpu")  # path noise: variance 3.5 / K per dim
+    averaged = representation_metrics(model, acc, k=100, mi_batch_size=None)
+    layer1 = model.recog_x[0](acc["features"][:, 0])[:, :model.latent_size]
+    assert torch.allclose(acc["mean"][:, 0], layer1, atol=1e-5)
+    assert one_path["au"]["details"]["per_group"][1] > 0
+    assert averaged["au"]["details"]["per_group"][1] == 0
+    for key in ("au", "au_001"):  # per-group mean as the value, the total in the details
+        entry = averaged[key]
+        assert entry["value"] == pytest.approx(entry["details"]["total"] / 2) and entry["decimals"] == 2
+        assert entry["details"]["total"] == sum(entry["details"]["per_group"]) and entry["details"]["dims"] == 16
+
+
+def test_a_one_line_test_split_reports_mi_and_au_as_null_with_the_reason(corpus, tmp_path):
+    cfg = run_config(corpus, model="embed", epochs=1).to_dict()
+    cfg["evaluate"]["max_lines"] = 1
+    train(RunConfig.from_dict(cfg), tmp_path / "run")
+    evaluate(tmp_path / "run", "test", tmp_path / "eval.json")
+    metrics = json.loads((tmp_path / "eval.json").read_text())["metrics"]
+    assert metrics["iw_ppl"]["value"] > 1 and metrics["kl"]["value"] is not None
+    for key in ("mi", "au", "au_001"):
+        assert metrics[key]["value"] is None and "stderr" not in metrics[key]
+        assert metrics[key]["error"] == f"not computable: {key.split('_')[0]} needs at least 2 examples, got 1"
+
+
+def test_metric_entry_keeps_a_finite_stderr_only_beside_a_finite_value():
+    spec = MetricSpec("MI", True, 2)
+    assert spec.entry(0.25, stderr=0.03)["stderr"] == 0.03
+    assert "stderr" not in spec.entry(0.25) and "stderr" not in spec.entry(0.25, stderr=float("nan"))
+    missing = spec.entry(None, error="too few", stderr=0.03)
+    assert missing["value"] is None and missing["error"] == "too few" and "stderr" not in missing

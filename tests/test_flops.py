@@ -1,0 +1,52 @@
+"""della.flops (the one FLOP count of the benchmark and the cost table) and the MFU cost entry."""
+
+from __future__ import annotations
+
+import pytest
+
+from della import cost
+from della.flops import forward_flops_per_token, peak_tflops, train_flops_per_token, vae_lm_floor
+from tests.conftest import tiny_model
+
+
+def test_the_body_count_is_two_flops_per_matmul_weight_of_the_blocks():
+    """At seq -> 0 a block's forward is 2 FLOPs per weight of its four matmuls (6N rule's 2N)."""
+    model = tiny_model("gpt2")
+    gpt2 = model.backbone.gpt2
+    weights = sum(m.weight.numel() for block in gpt2.h
+                  for m in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj))
+    cfg = gpt2.config
+    body, head = forward_flops_per_token(cfg.n_layer, cfg.n_embd, cfg.vocab_size, seq=0)
+    assert body == 2 * weights
+    assert head == 2 * gpt2.wte.weight.numel()
+
+
+def test_gpt2_small_training_flops_and_the_vae_floor():
+    body = 12 * (24 * 768**2 + 4 * 128 * 768)
+    head = 2 * 768 * 50257
+    assert train_flops_per_token(12, 768, 50257, 128, encoder=False) == 3 * (body + head)
+    assert train_flops_per_token(12, 768, 50257, 128, encoder=True) == 3 * (2 * body + head)
+    assert vae_lm_floor(12, 768, 50257, 128) == pytest.approx(1 + body / (body + head))
+
+
+def test_peaks_come_from_the_table_by_card_name_or_say_why_not():
+    assert peak_tflops("NVIDIA H200", "bf16") == (989.0, "")
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "fp32") == (19.5, "")
+    peak, why = peak_tflops("Tesla T4", "bf16")
+    assert peak is None and "PEAK_TFLOPS" in why
+    assert peak_tflops(None, "fp32")[0] is None
+
+
+def _run_doc(**cost_fields) -> dict:
+    return {"kind": "run", "parameters": 10, "provenance": {"device": {"type": "cpu"}},
+            "cost": {"train_seconds": 1.0, "tokens_per_second": 5.0, "max_rss_mb": 1.0, **cost_fields}}
+
+
+def test_the_cost_entries_carry_mfu_or_the_reason_it_is_null():
+    speed = {"precision": "bf16", "matmul": "bf16"}
+    on_gpu = cost.run_metrics({**_run_doc(mfu=0.4, peak_tflops=989.0), "speed": speed})
+    assert on_gpu["mfu"]["value"] == 0.4
+    assert on_gpu["mfu"]["signature"].endswith("|precision=bf16|matmul=bf16|peak=989.0 TFLOP/s")
+    on_cpu = cost.run_metrics(_run_doc(mfu=None, mfu_note="not trained on a GPU: no peak FLOP rate"))
+    assert on_cpu["mfu"]["value"] is None and "not trained on a GPU" in on_cpu["mfu"]["error"]
+    assert cost.run_metrics(_run_doc())["mfu"]["error"] == "run.json has no cost.mfu"

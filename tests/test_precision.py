@@ -1,0 +1,95 @@
+"""train.precision: bf16 autocast of the forward against fp32, on CPU (bf16 autocast runs there).
+
+On a CUDA machine every test runs on the GPU too. Stated tolerances, for tiny random models (bf16
+keeps 8 bits of mantissa, relative step 2^-8): the loss of one step within 1e-3 relative, all gradients together within 2e-2 relative (L2), the
+IW estimate of log p(x) within 1e-3 relative per sentence. The densities, KL, cross-entropy and
+the IW log-sum-exp are fp32 under bf16; fp32 changes nothing at all.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from della.config import ConfigError, TrainConfig
+from della.estimators import iw_batch
+from della.train import autocast
+from tests.conftest import random_batch, tiny_model
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+LATENT_MODELS = ("della", "embed", "optimus")
+
+
+def _setup(name: str, device: str, **batch):
+    ids, mask = random_batch(**batch)
+    return tiny_model(name).to(device), ids.to(device), mask.to(device)
+
+
+def _step(model, ids, mask, precision: str):
+    """Loss, the loss terms and all gradients of one training step at a fixed posterior noise."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    with autocast(ids.device, precision):
+        out = model.loss(ids, mask, beta=1.0)
+    out.loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return out, grads
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ("gpt2", *LATENT_MODELS))
+def test_a_bf16_step_matches_fp32_within_the_stated_tolerance(name, device):
+    model, ids, mask = _setup(name, device, b=6, t=12)
+    model.train()
+    fp32, g32 = _step(model, ids, mask, "fp32")
+    bf16, g16 = _step(model, ids, mask, "bf16")
+    assert not torch.equal(g16, g32)  # autocast did take effect
+    assert abs(bf16.loss.item() - fp32.loss.item()) <= 1e-3 * abs(fp32.loss.item())
+    assert ((g16 - g32).norm() / g32.norm()).item() <= 2e-2
+    assert bf16.loss.dtype == bf16.ce.dtype == bf16.kl.dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", LATENT_MODELS)
+@torch.no_grad()
+def test_the_densities_and_kl_stay_fp32_under_bf16(name, device):
+    model, ids, mask = _setup(name, device)
+    with autocast(ids.device, "bf16"):
+        features = model.encode(ids, mask)
+        post = model.sample_posterior(features, k=3)
+        log_q = model.log_q_matrix(post.z[0], features)
+    assert post.mean.dtype == torch.bfloat16  # the latent heads ran in bf16 ...
+    assert post.log_q.dtype == post.log_p.dtype == post.kl.dtype == log_q.dtype == torch.float32  # ... not these
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ("gpt2", *LATENT_MODELS))
+@torch.no_grad()
+def test_the_iw_estimate_in_bf16_matches_fp32(name, device):
+    model, ids, mask = _setup(name, device, b=6, t=12)
+    estimates = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(2)
+        with autocast(ids.device, precision):
+            estimates[precision] = iw_batch(model, ids, mask, k=8).log_marginal
+    assert estimates["bf16"].dtype == torch.float32
+    assert not torch.equal(estimates["bf16"], estimates["fp32"])
+    torch.testing.assert_close(estimates["bf16"], estimates["fp32"], rtol=1e-3, atol=0)
+
+
+def test_fp32_is_the_untouched_path():
+    """autocast(fp32) is disabled: bit-identical loss and gradients to no context at all."""
+    model, ids, mask = _setup("della", "cpu")
+    model.train()
+    out, grads = _step(model, ids, mask, "fp32")
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    plain = model.loss(ids, mask, beta=1.0)
+    plain.loss.backward()
+    assert torch.equal(out.loss, plain.loss)
+    assert torch.equal(grads, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+
+
+def test_an_unknown_precision_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError, match="train.precision = 'fp16'"):
+        TrainConfig(precision="fp16")
