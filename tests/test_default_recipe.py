@@ -59,3 +59,12 @@ def test_the_default_probe_finds_a_content_attribute_in_some_latent(default_dag)
     # 0.4 above the baseline), so only a larger gain on a content attribute shows a used latent.
     gains = {key: gain for key, gain in probe_gains(latent_evals(default_dag)).items() if key[1] != "length"}
     assert max(gains.values()) > 0.5, gains
+
+
+def test_every_latent_models_mi_lies_within_zero_and_its_kl_up_to_its_error(default_dag):
+    """I(x; z) <= E_x KL(q(z|x) || p(z)) and I >= 0: the paired estimate may leave [0, KL] only by its
+    noise (3 standard errors)."""
+    for model, metrics in latent_evals(default_dag).items():
+        mi, kl = metrics["mi"], metrics["kl"]["value"]
+        slack = 3 * mi["stderr"]
+        assert -slack <= mi["value"] <= kl + slack, (model, mi["value"], mi["stderr"], kl)
