@@ -12,7 +12,7 @@ import logging
 import sys
 
 COMMANDS = {
-    "prepare-data": ("della.data.prepare", "validate a corpus and write results/data/<dataset>"),
+    "prepare-data": ("della.data.prepare", "validate a corpus and write results/<experiment>/data/<dataset>"),
     "tokenizer": ("della.data.tokenizer", "train or copy the tokenizer of a dataset"),
     "data-stats": ("della.data.stats", "sentences per split and average length of datasets (Table 7)"),
     "run-config": ("della.run_config_cli", "the run config of one (dataset, model, seed) of a workflow config"),

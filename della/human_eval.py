@@ -353,7 +353,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--block", required=True, action="append", nargs=3, metavar=("DATASET", "KEY", "SHEETS_DIR"),
                    help="a dataset label, its key file and the directory of its filled sheets (*.csv)")
     s.add_argument("--della", default="della", help="the model tested against every other (default della)")
-    s.add_argument("--out-dir", type=Path, default=Path("results/tables"))
+    s.add_argument("--out-dir", type=Path, default=Path("results/human-eval"), help="where table3.* go (default: %(default)s)")
     s.add_argument("--name", default="table3")
 
 

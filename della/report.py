@@ -130,7 +130,7 @@ def save_figure(fig, out: str | Path) -> None:
 
 def add_curves_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "learning curves of a run (CE, KL per latent group, β) from its train-log.jsonl"
-    p.add_argument("--train-log", required=True, help="results/runs/<dataset>/<model>/seed<N>/train-log.jsonl")
+    p.add_argument("--train-log", required=True, help="results/<experiment>/runs/<dataset>/<model>/seed<N>/train-log.jsonl")
     p.add_argument("--title", default=None, help="figure title (default: the run directory)")
     p.add_argument("--out", required=True, help="figure file: .svg, .png or .pdf")
 
@@ -227,7 +227,7 @@ def provenance_page(paths: list[Path]) -> str:
 
 def add_provenance_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "an HTML page with the config, seed, versions, git commit and device of every run"
-    p.add_argument("--runs", nargs="+", required=True, help="results/runs/<dataset>/<model>/seed<N>/run.json files")
+    p.add_argument("--runs", nargs="+", required=True, help="results/<experiment>/runs/<dataset>/<model>/seed<N>/run.json files")
     p.add_argument("--out", required=True, help="HTML file")
 
 

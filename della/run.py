@@ -1,6 +1,6 @@
 """The layout of a run directory and the loading shared by train, evaluate and generate.
 
-results/runs/<dataset>/<model>/seed<seed>/
+results/<experiment>/runs/<dataset>/<model>/seed<seed>/
   config.yaml        the resolved run config (input)
   checkpoint/        last.pt and previous.pt: resume state after the last two finite epochs (model,
                      optimizer, RNG, β, log length, the fingerprint of the training recipe)

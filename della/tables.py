@@ -214,10 +214,10 @@ def summary_csv(rows: list[dict[str, Any]]) -> str:
 def add_aggregate_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "collect eval.json/metrics.json (or run.json and benchmark JSONL) files into one long CSV"
     p.add_argument("--inputs", nargs="+", required=True,
-                   help="results/runs/<dataset>/<model>/seed<N>/<file>.json files, "
-                        "results/human/<dataset>/metrics.json references, "
+                   help="results/<experiment>/runs/<dataset>/<model>/seed<N>/<file>.json files, "
+                        "results/<experiment>/human/<dataset>/metrics.json references, "
                         "results/benchmarks/<rule>/<dataset>/<model>/seed<N>.jsonl files")
-    p.add_argument("--out", required=True, help="output CSV, e.g. results/summary.csv")
+    p.add_argument("--out", required=True, help="output CSV, e.g. results/<experiment>/summary.csv")
 
 
 def run_aggregate(args: argparse.Namespace) -> None:
@@ -711,7 +711,7 @@ def _repr(x: float | None) -> str:
     return "" if x is None else repr(x)
 
 
-# output suffix -> renderer: `--out-prefix results/tables/table1` writes table1.tex, table1.compact.tex, ...
+# output suffix -> renderer: `--out-prefix results/<experiment>/tables/table1` writes table1.tex, table1.compact.tex, ...
 RENDERERS: dict[str, Callable[[Rendering], str]] = {
     "tex": render_latex, "compact.tex": lambda r: render_latex(r, compact=True), "csv": render_csv,
     "md": render_markdown, "html": render_html}
@@ -744,7 +744,7 @@ def add_table_arguments(p: argparse.ArgumentParser) -> None:
                    help="the paper's dataset a dataset reproduces, e.g. 'ptb_small=PTB' "
                         "(default: the same name in any case)")
     p.add_argument("--out-prefix", required=True,
-                   help="e.g. results/tables/table1 -> table1.{tex,compact.tex,csv,md,html}")
+                   help="e.g. results/<experiment>/tables/table1 -> table1.{tex,compact.tex,csv,md,html}")
 
 
 def run_table(args: argparse.Namespace) -> None:

@@ -1,6 +1,6 @@
 """Reading and writing one-example-per-line corpora, with validation and atomic writes.
 
-Every text file in `results/data/<dataset>/` is UTF-8, one example per line, no empty lines.
+Every text file in `results/<experiment>/data/<dataset>/` is UTF-8, one example per line, no empty lines.
 `scan_lines` reads a file and reports what it had to clean (empty lines, stray line breaks);
 `read_lines` is the strict reader the training and evaluation code uses. Errors name the file
 and, where it applies, the line number (1-based), so `python -m della` can print them as is.

@@ -1,4 +1,4 @@
-"""`python -m della prepare-data`: validate a corpus and write `results/data/<dataset>/`.
+"""`python -m della prepare-data`: validate a corpus and write `results/<experiment>/data/<dataset>/`.
 
 Output (each file written atomically): `train.txt`, `valid.txt`, `test.txt` (one cleaned example
 per line, no empty lines); for the synthetic source also `{split}.attributes.jsonl`, aligned line
@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help=f"synthetic: number of {split} sentences (default {DEFAULT_SIZES[split]})")
     p.add_argument("--max-train-lines", type=int, default=None, help="keep the first N train lines")
     p.add_argument("--max-eval-lines", type=int, default=None, help="keep the first N valid/test lines")
-    p.add_argument("--out", required=True, help="output directory, e.g. results/data/<dataset>")
+    p.add_argument("--out", required=True, help="output directory, e.g. results/<experiment>/data/<dataset>")
     conditional.add_arguments(p)
 
 

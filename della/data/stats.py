@@ -1,6 +1,6 @@
-"""`python -m della data-stats --data DIR... --out-prefix results/tables/table7`: the paper's Table 7.
+"""`python -m della data-stats --data DIR... --out-prefix results/<experiment>/tables/table7`: the paper's Table 7.
 
-Per prepared dataset (`results/data/<dataset>/`, named by its directory): the number of train, dev
+Per prepared dataset (`results/<experiment>/data/<dataset>/`, named by its directory): the number of train, dev
 (valid) and test sentences, and the average length per sentence over all three splits, in
 whitespace-separated words and, given the dataset's tokenizer (`--tokenizer`, one per `--data`, in
 the same order), in BPE tokens without `<s>`/`</s>`. The paper does not say which split its average
@@ -121,10 +121,10 @@ def write_table(stats: list[DatasetStats], out_prefix: str | Path) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = __doc__.splitlines()[0]
-    p.add_argument("--data", nargs="+", required=True, help="prepared dataset directories (results/data/<dataset>)")
+    p.add_argument("--data", nargs="+", required=True, help="prepared dataset directories (results/<experiment>/data/<dataset>)")
     p.add_argument("--tokenizer", nargs="+", default=None,
                    help="the tokenizer directory of each dataset, in --data's order (adds the BPE length)")
-    p.add_argument("--out-prefix", required=True, help="e.g. results/tables/table7 -> table7.{csv,md,tex,html}")
+    p.add_argument("--out-prefix", required=True, help="e.g. results/<experiment>/tables/table7 -> table7.{csv,md,tex,html}")
 
 
 def run(args: argparse.Namespace) -> None:
