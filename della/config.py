@@ -124,14 +124,7 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
-        path = Path(path)
-        try:
-            d = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{path}: cannot read run config: {err}") from err
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: a run config must be a mapping")
-        return cls.from_dict(d, where=str(path))
+        return cls.from_dict(read_yaml_mapping(path, "run config"), where=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -152,6 +145,18 @@ class RunConfig:
         return {"architecture": {"model": self.model, "model_args": self.resolved_model_args(),
                                  "backbone": dataclasses.asdict(self.backbone)},
                 "optimisation": {"seed": self.seed, "train": train}}
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The YAML mapping in `path` (a run config, a workflow config); errors name the file."""
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read the {what}: {err}") from err
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: a {what} must be a mapping")
+    return d
 
 
 def _check_keys(cls, d: dict[str, Any], where: str) -> dict[str, Any]:

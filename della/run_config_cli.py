@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from della.config import ConfigError, RunConfig, experiment_name, resolve_run_config
+from della.config import ConfigError, RunConfig, experiment_name, read_yaml_mapping, resolve_run_config
 from della.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,7 @@ def load_workflow_config(path: str | Path) -> dict[str, Any]:
     from snakemake.utils import validate
 
     path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read the workflow config: {err}") from err
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: a workflow config must be a mapping")
+    config = read_yaml_mapping(path, "workflow config")
     if not SCHEMA.is_file():
         raise FileNotFoundError(f"{SCHEMA}: the workflow schema is missing (run from a clone of the repository)")
     try:
