@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one script a session with a GPU runs (issue 11): the bf16 and CUDA/NCCL tests, then the
-# train-step benchmark at every size in fp32 and bf16, then the compiled step at (c). Everything
+# train-step benchmark at every size in fp32 and bf16, then the compiled step at (c), then the
+# conditional (CVAE) step on GPT-2 and BART at (a) and (c) in bf16 (issue 9). Everything
 # goes to stdout and, section by section, to $OUT/<section>.log when $OUT is set, so a section
-# that fails or times out loses none of the others. Under 8 minutes in all (each section has its
+# that fails or times out loses none of the others. Under 10 minutes in all (each section has its
 # own `timeout`). From the repository root, with the machine's own torch (no install):
 #
 #     bash benchmarks/gpu_check.sh                       # on the GPU machine
@@ -44,4 +45,6 @@ section benchmark 170 python3 benchmarks/train_speed.py --device "$DEVICE" --thr
   --precisions fp32,bf16 --steps "$STEPS" --warmup 3 $QUICK
 section benchmark_compiled 110 python3 benchmarks/train_speed.py --device "$DEVICE" --threads "$THREADS" --sizes c \
   --precisions bf16 --steps "$STEPS" --warmup 3 --compile $QUICK
+section benchmark_conditional 90 python3 benchmarks/train_speed.py --device "$DEVICE" --threads "$THREADS" \
+  --task conditional --sizes a,c --precisions bf16 --steps "$STEPS" --warmup 3 $QUICK
 echo; echo "=== gpu_check done in ${SECONDS}s"

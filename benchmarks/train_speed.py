@@ -15,6 +15,14 @@ dense peak (della.flops.PEAK_TFLOPS by device name, or --peak-tflops).
 
 --quick: miniature shapes (2 layers, d=64, vocab 512, batch 4, seq 16) and 2 steps, to dry-run every
 code path on a CPU; its numbers mean nothing.
+
+--task conditional times the CVAEs of Tables 2 and 9 instead: the plain backbone (GPT-2, BART) against
+Embed and DELLA on it, each a CVAE on (source, target) pairs of `seq` tokens each (GPT-2: the decoder
+reads source + target; BART: the encoder the source, the decoder the target), at sizes (a) and (c);
+BART's n_layer is the size's over two (encoder + decoder layers = the GPT-2's layers: BART-base at (c)).
+The FLOP floor is della.flops.cvae_floor.
+
+    python benchmarks/train_speed.py --task conditional [--backbones gpt2,bart] [--sizes a,c]
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ import time
 import torch
 
 from della.config import BackboneConfig, TrainConfig
-from della.flops import PEAK_TFLOPS, matmul_precision, peak_tflops, train_flops_per_token, vae_lm_floor
+from della.flops import PEAK_TFLOPS, cvae_floor, matmul_precision, peak_tflops, train_flops_per_token, vae_lm_floor
 from della.models import Vocab, build_model
+from della.models.base import Condition
 from della.train import autocast, make_optimizer
 
 
@@ -51,22 +60,46 @@ SIZES = {
 QUICK = Size(2, 64, 2, 512, 4, 16)
 LATENT = 32
 MODELS = ("gpt2", "embed", "della")
+PLAIN = ("gpt2", "bart")  # the plain backbones, without a latent
 # issue 11: DELLA/LM within this much of the floor, DELLA/Embed at most this
 TARGETS = {"cpu": (0.05, 1.10), "cuda": (0.15, 1.15)}
 
 
-def make_step(name: str, size: Size, device: torch.device, precision: str, compile_model: bool):
+def batch(size: Size, vocab: Vocab, device: torch.device, kind: str | None):
+    """Random (ids, mask, condition): sentences of `seq` tokens (kind None), or CVAE pairs of a
+    `seq`-token source and a `seq`-token target laid out for the backbone `kind`."""
+    def tokens(n: int) -> torch.Tensor:
+        return torch.randint(3, size.vocab, (size.batch, n), device=device)
+
+    ones = torch.ones(size.batch, dtype=torch.long, device=device)
+    if kind is None:
+        ids = tokens(size.seq)
+        ids[:, 0] = vocab.bos_id
+        return ids, torch.ones_like(ids, dtype=torch.float), None
+    source = tokens(size.seq)
+    if kind == "gpt2":  # source + target, the source (its last token standing for </s>) as the prefix
+        ids = torch.cat([source, tokens(size.seq)], 1)
+        condition = Condition(source, torch.ones_like(source, dtype=torch.float), ones * size.seq)
+    else:  # the decoder reads the target, the encoder the source
+        ids = tokens(size.seq)
+        condition = Condition(source, torch.ones_like(source, dtype=torch.float), ones * 2)
+    return ids, torch.ones_like(ids, dtype=torch.float), condition
+
+
+def make_step(name: str, size: Size, device: torch.device, precision: str, compile_model: bool,
+              kind: str | None = None):
+    """kind: None for the sentence task on GPT-2; gpt2 | bart for a CVAE on that backbone."""
     torch.manual_seed(0)
     vocab = Vocab(size=size.vocab, bos_id=1, eos_id=2, pad_id=0)
-    backbone = BackboneConfig(n_layer=size.n_layer, n_embd=size.n_embd, n_head=size.n_head,
-                              n_positions=max(64, size.seq), dropout=0.1)
-    args = {} if name == "gpt2" else {"latent_size": LATENT}
-    model = build_model(name, args, vocab, backbone_config=backbone).to(device).train()
+    layers = size.n_layer // 2 if kind == "bart" else size.n_layer
+    backbone = BackboneConfig(kind=kind or "gpt2", n_layer=layers, n_embd=size.n_embd, n_head=size.n_head,
+                              n_positions=max(64, 2 * size.seq), dropout=0.1)
+    args = {} if name in PLAIN else {"latent_size": LATENT}
+    model = build_model(name, args, vocab, backbone_config=backbone, conditional=kind is not None)
+    model = model.to(device).train()
     opt = make_optimizer(model, TrainConfig(lr=1e-4), device)
     step_fn = torch.compile(model, options={"fallback_random": True}) if compile_model else model
-    ids = torch.randint(3, size.vocab, (size.batch, size.seq), device=device)
-    ids[:, 0] = vocab.bos_id
-    mask = torch.ones(size.batch, size.seq, device=device)
+    ids, mask, condition = batch(size, vocab, device, kind)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step() -> float:
@@ -74,7 +107,7 @@ def make_step(name: str, size: Size, device: torch.device, precision: str, compi
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with autocast(device, precision):
-            loss = step_fn(ids, mask, 1.0).loss
+            loss = step_fn(ids, mask, 1.0, condition).loss
         loss.backward()
         opt.step()
         sync()
@@ -125,6 +158,31 @@ def bench(label: str, size: Size, precision: str, steps: int, device: torch.devi
     return {"della_ms": med["della"] * 1e3, "della_mfu": mfu["della"]}
 
 
+def bench_conditional(label: str, size: Size, precision: str, steps: int, device: torch.device, args,
+                      kind: str) -> None:
+    """The CVAE step of the plain backbone, Embed and DELLA on `kind`, against della.flops.cvae_floor."""
+    names = (kind, "embed", "della")
+    runs = {name: make_step(name, size, device, precision, args.compile, kind) for name in names}
+    times = {name: [] for name in names}
+    for i in range(args.warmup + steps):
+        for name in names:
+            elapsed = runs[name][0]()
+            if i >= args.warmup:
+                times[name].append(elapsed)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    layers = size.n_layer // 2 if kind == "bart" else size.n_layer
+    print(f"\nCVAE on {kind}, size ({label}) {precision}: {layers} layers{' each side' if kind == 'bart' else ''}, "
+          f"d={size.n_embd}, vocab {size.vocab}, batch {size.batch}, source {size.seq} + target {size.seq} "
+          f"tokens, latent {LATENT}; median of {steps} steps")
+    for name in names:
+        print(f"  {name:6s} params {runs[name][1] / 1e6:8.2f} M   step {med[name] * 1e3:8.1f} ms   "
+              f"x {kind} {med[name] / med[kind]:.3f}")
+    floor = cvae_floor(kind, layers, size.n_embd, size.vocab, size.seq, size.seq)
+    ratio = med["della"] / med[kind]
+    print(f"  FLOP floor CVAE/{kind} = {floor:.3f}; DELLA/{kind} = {ratio:.3f} "
+          f"({(ratio / floor - 1) * 100:+.1f}% vs floor)")
+
+
 def summarise(results: dict) -> None:
     """The (c) targets of issue 11: bf16 at least 1.5x faster than fp32, DELLA's bf16 MFU >= 35%."""
     c = {precision: r for (label, precision), r in results.items() if label == "c"}
@@ -150,6 +208,9 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help=f"the card's dense peak for MFU (default: by name from {', '.join(PEAK_TFLOPS)})")
     p.add_argument("--quick", action="store_true", help="miniature shapes and 2 steps: a dry run of every path")
+    p.add_argument("--task", choices=("lm", "conditional"), default="lm",
+                   help="conditional: the CVAEs of Tables 2 and 9 (plain backbone, Embed, DELLA)")
+    p.add_argument("--backbones", default="gpt2,bart", help="--task conditional: comma-separated, of gpt2, bart")
     args = p.parse_args()
     if args.quick:
         args.steps, args.warmup = 2, 1
@@ -162,7 +223,11 @@ def main() -> None:
     for label in args.sizes.split(","):
         for precision in args.precisions.split(","):
             size = QUICK if args.quick else SIZES[label]
-            results[label, precision] = bench(label, size, precision, args.steps, device, args)
+            if args.task == "conditional":
+                for kind in args.backbones.split(","):
+                    bench_conditional(label, size, precision, args.steps, device, args, kind)
+            else:
+                results[label, precision] = bench(label, size, precision, args.steps, device, args)
     summarise(results)
 
 

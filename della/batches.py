@@ -1,4 +1,9 @@
-"""Token sequences and padded batches: every example is [<s>] + tokens + [</s>], right-padded."""
+"""Token sequences and padded batches: every example is [<s>] + tokens + [</s>], right-padded.
+
+A conditional split (a CVAE's source -> target pairs, della/data/conditional.py) also holds each
+example's condition (the source as the condition encoder reads it) and the index of its first
+target token; its batches carry them as a `Condition`.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,19 @@ log = logging.getLogger(__name__)
 @dataclass
 class EncodedSplit:
     path: str
-    sequences: list[list[int]]
+    sequences: list[list[int]]  # the decoder sequences
     truncated_lines: list[int] = field(default_factory=list)  # 1-based line numbers
+    sources: list[list[int]] | None = None  # conditional: the condition of each example
+    target_starts: list[int] | None = None  # conditional: index of the first target token in its sequence
+
+    @property
+    def conditional(self) -> bool:
+        return self.sources is not None
 
     def summary(self) -> dict:
         return {"path": self.path, "examples": len(self.sequences), "truncated": len(self.truncated_lines),
                 "truncated_lines_first": self.truncated_lines[:20],
-                "tokens": sum(len(s) for s in self.sequences)}
+                "tokens": sum(len(s) for s in self.sequences), "conditional": self.conditional}
 
 
 def encode_split(lines: list[str], tokenizer, max_length: int, path: str) -> EncodedSplit:
@@ -50,6 +61,18 @@ def collate(seqs: list[list[int]], pad_id: int, device: torch.device | str = "cp
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
     return ids.to(device), mask.to(device)
+
+
+def collate_batch(split: EncodedSplit, idx: list[int], pad_id: int, device: torch.device | str = "cpu"):
+    """Examples idx of a split -> (input_ids, mask, Condition or None), on `device`."""
+    from della.models.base import Condition
+
+    ids, mask = collate([split.sequences[i] for i in idx], pad_id, device)
+    if not split.conditional:
+        return ids, mask, None
+    source_ids, source_mask = collate([split.sources[i] for i in idx], pad_id, device)
+    starts = torch.tensor([split.target_starts[i] for i in idx], device=device)
+    return ids, mask, Condition(source_ids, source_mask, starts)
 
 
 def shuffled_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:

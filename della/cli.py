@@ -18,6 +18,7 @@ COMMANDS = {
     "run-config": ("della.run_config_cli", "the run config of one (dataset, model, seed) of a workflow config"),
     "models": ("della.models_cli", "list the registered models and their model_args defaults"),
     "import-checkpoint": ("della.checkpoints", "a run dir from an HF GPT-2 directory or an official DELLA state_dict"),
+    "export-lm": ("della.export_lm", "a trained plain GPT-2 LM as a Hugging Face directory (MAUVE's feature encoder)"),
     "train": ("della.train", "train one model (resumes from its last checkpoint)"),
     "evaluate": ("della.evaluate", "IW-PPL, ELBO, KL, MI, AU (+ attribute probe) -> eval.json"),
     "generate": ("della.generate", "sample text from a trained model -> samples.txt"),

@@ -32,14 +32,24 @@ NOT_IN_RECIPE = {"epochs", "log_every", "resume", "fused_adam", "compile"}
 PRECISIONS = ("fp32", "bf16")
 
 
+BACKBONE_KINDS = ("gpt2", "bart")
+TASKS = ("lm", "conditional")  # a language model of sentences | source -> target (a CVAE)
+CONDITIONAL_SOURCES = ("jsonl", "hf-conditional", "synthetic-conditional")  # dataset sources of a conditional task
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
-    pretrained: str | None = None  # HF name or local dir of a GPT-2 checkpoint; None: from scratch
+    kind: str = "gpt2"  # gpt2 (decoder only) | bart (encoder-decoder, conditional tasks)
+    pretrained: str | None = None  # HF name or local dir of a checkpoint of that kind; None: from scratch
     n_layer: int = 2
     n_embd: int = 64
     n_head: int = 2
     n_positions: int = 128
     dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.kind not in BACKBONE_KINDS:
+            raise ConfigError(f"backbone.kind = {self.kind!r}; valid: {list(BACKBONE_KINDS)}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ class RunConfig:
     model: str  # registry name in della.models
     model_args: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    task: str = "lm"  # lm: {split}.txt sentences | conditional: {split}.jsonl source/target pairs
     backbone: BackboneConfig = BackboneConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
@@ -120,6 +131,8 @@ class RunConfig:
         for name, section_cls in sections.items():
             if name in kwargs:
                 kwargs[name] = section_cls(**_check_keys(section_cls, kwargs[name] or {}, f"{where}: {name}"))
+        if kwargs.get("task", "lm") not in TASKS:
+            raise ConfigError(f"{where}: task = {kwargs['task']!r}; valid: {list(TASKS)}")
         return cls(**kwargs)
 
     @classmethod
@@ -143,7 +156,7 @@ class RunConfig:
         """The config keys that determine the trained weights (the fingerprint adds file checksums)."""
         train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in NOT_IN_RECIPE}
         return {"architecture": {"model": self.model, "model_args": self.resolved_model_args(),
-                                 "backbone": dataclasses.asdict(self.backbone)},
+                                 "task": self.task, "backbone": dataclasses.asdict(self.backbone)},
                 "optimisation": {"seed": self.seed, "train": train}}
 
 
@@ -202,6 +215,7 @@ def resolve_run_config(workflow_config: dict[str, Any], dataset: str, model: str
         "model": m.get("model", model),
         "model_args": dict(m.get("args", {})),
         "seed": int(seed),
+        "task": dataset_task(ds),
     }
     for section in ("backbone", "train", "evaluate", "generate"):
         merged = dict(workflow_config.get(section, {}))
@@ -210,8 +224,27 @@ def resolve_run_config(workflow_config: dict[str, Any], dataset: str, model: str
         run[section] = merged
     cfg = RunConfig.from_dict(run, where=f"workflow config ({dataset}/{model})")  # fail at DAG build
     check_model_args(model, cfg.model, cfg.model_args)
+    check_task(model, cfg, dataset)
     check_backbone(cfg, ds.get("tokenizer") or {}, dataset)
     return json.loads(json.dumps(run))
+
+
+def dataset_task(entry: dict[str, Any]) -> str:
+    """The task of a workflow config's dataset entry, by its `source`: conditional or lm."""
+    return "conditional" if entry.get("source") in CONDITIONAL_SOURCES else "lm"
+
+
+def dataset_models(workflow_config: dict[str, Any], dataset: str) -> list[str]:
+    """The model entries that run on `dataset`: its `models` list in the order of the top-level
+    `models` (the table rows), or every entry when the list is null or absent."""
+    models = list(workflow_config["models"])
+    chosen = workflow_config["datasets"][dataset].get("models")
+    if chosen is None:
+        return models
+    unknown = [name for name in chosen if name not in models]
+    if unknown:
+        raise ConfigError(f"datasets.{dataset}.models: {unknown} not among the config's models {models}")
+    return [name for name in models if name in chosen]
 
 
 def check_model_args(entry: str, name: str, args: dict[str, Any]) -> None:
@@ -230,6 +263,26 @@ def check_model_args(entry: str, name: str, args: dict[str, Any]) -> None:
         config_class(**args)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"models.{entry}.args: {err}") from None
+
+
+def check_task(entry: str, cfg: RunConfig, dataset: str) -> None:
+    """A conditional dataset needs a model with a CVAE version; a BART backbone needs a conditional
+    task and a model with a BART version (and `bart` a BART backbone)."""
+    from della.models import MODELS
+    from della.models.base import runs_on
+
+    if not runs_on(cfg.model, cfg.backbone.kind):
+        kind = cfg.backbone.kind
+        raise ConfigError(f"models.{entry}: model {cfg.model!r} has no version on backbone.kind = {kind} "
+                          f"(dataset {dataset!r}; set backbone.kind in models.{entry}.backbone)")
+    if cfg.task == "conditional" and not MODELS.get(cfg.model).supports_condition:
+        raise ConfigError(f"models.{entry}: model {cfg.model!r} has no conditional version, but dataset "
+                          f"{dataset!r} is a conditional task (datasets.{dataset}.source); list the models "
+                          f"that run on it in datasets.{dataset}.models")
+    if cfg.task == "lm" and cfg.backbone.kind == "bart":
+        raise ConfigError(f"models.{entry} on dataset {dataset!r}: backbone.kind = bart needs a conditional "
+                          f"task (datasets.{dataset}.source: {' | '.join(CONDITIONAL_SOURCES)}); list the models "
+                          f"that run on it in datasets.{dataset}.models")
 
 
 def check_backbone(cfg: RunConfig, tokenizer: dict[str, Any], dataset: str) -> None:
@@ -251,11 +304,14 @@ def check_backbone(cfg: RunConfig, tokenizer: dict[str, Any], dataset: str) -> N
 
 
 def _local_positions(pretrained: str) -> int | None:
-    """n_positions of a local GPT-2 directory (from its config.json); None for a hub name."""
+    """The positions of a local GPT-2 (n_positions) or BART (max_position_embeddings) directory,
+    from its config.json; None for a hub name."""
     path = Path(pretrained) / "config.json"
     if not path.is_file():
         return None
     try:
-        return int(json.loads(path.read_text())["n_positions"])
+        config = json.loads(path.read_text())
+        return int(config["n_positions"] if "n_positions" in config else config["max_position_embeddings"])
     except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{path}: cannot read n_positions: {err}") from None
+        raise ConfigError(f"{path}: cannot read n_positions (GPT-2) or max_position_embeddings (BART): "
+                          f"{err}") from None

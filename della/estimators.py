@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from della.models import LatentModel, Posterior
+from della.models.base import Condition
 
 
 @dataclass
@@ -22,34 +23,36 @@ class BatchEstimates:
     log_marginal_layer_mean: torch.Tensor  # (B,) the official code's estimator (layer means)
     rec_nll: torch.Tensor  # (B,) E_q[-log p(x|z)] over the K samples
     kl: torch.Tensor  # (B, G) analytic KL per group, averaged over the K sampled paths
-    features: torch.Tensor  # (B, G, d) encoder features
+    features: torch.Tensor  # (B, G, d) encoder features ([x; c], (B, G, 2d), for a CVAE)
     posterior: Posterior  # the K samples (the first path is used for MI, all K for AU)
 
 
 def reconstruction_nll(model: LatentModel, ids: torch.Tensor, mask: torch.Tensor, z: torch.Tensor,
-                       max_rows: int) -> torch.Tensor:
-    """-log p(x | z_k) for K latent samples z (K, B, G, p) -> (K, B); the K decoder passes run
-    batched, max_rows sequences at a time."""
+                       max_rows: int, condition: Condition | None = None) -> torch.Tensor:
+    """-log p(x | z_k [, c]) for K latent samples z (K, B, G, p) -> (K, B); the K decoder passes
+    run batched, max_rows sequences at a time."""
     K, B = z.shape[:2]
     if model.n_groups == 0:  # no latent: one pass serves every sample
-        return model.token_nll(ids, mask, z[0]).expand(K, B)
+        return model.token_nll(ids, mask, z[0], condition).expand(K, B)
     per_chunk = max(1, max_rows // B)
     out = []
     for k0 in range(0, K, per_chunk):
         zk = z[k0: k0 + per_chunk]
         n = zk.shape[0]
-        nll = model.token_nll(ids.repeat(n, 1), mask.repeat(n, 1), zk.reshape(n * B, *z.shape[2:]))
+        nll = model.token_nll(ids.repeat(n, 1), mask.repeat(n, 1), zk.reshape(n * B, *z.shape[2:]),
+                              None if condition is None else condition.repeat(n))
         out.append(nll.view(n, B))
     return torch.cat(out)
 
 
 def iw_batch(model: LatentModel, ids: torch.Tensor, mask: torch.Tensor, k: int,
-             max_rows: int = 128) -> BatchEstimates:
-    """log p(x) ≈ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K, z_k ~ q(z|x).
+             max_rows: int = 128, condition: Condition | None = None) -> BatchEstimates:
+    """log p(x) ≈ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K, z_k ~ q(z|x);
+    for a CVAE every term is conditioned on the source c, so it estimates log p(x | c).
     The encoder runs once per sentence; only the tiny latent heads run per sample."""
-    features = model.encode(ids, mask)
+    features = model.encode(ids, mask, condition)
     post = model.sample_posterior(features, k)
-    nll = reconstruction_nll(model, ids, mask, post.z, max_rows)  # (K, B)
+    nll = reconstruction_nll(model, ids, mask, post.z, max_rows, condition)  # (K, B)
     log_k = math.log(k)
     nll = nll.float()  # the log-sum-exp runs in fp32 under bf16 autocast too
     log_w = -nll + post.log_p.sum(-1) - post.log_q.sum(-1)

@@ -6,6 +6,9 @@ paths), and on corpora with known attributes (the synthetic grammar) a linear pr
 The PPL is reported under each convention, estimator x word count (PPL_CONVENTIONS); the headline
 `iw_ppl` is the hierarchical estimator over the predicted tokens (BPE + </s>; <s> is never predicted).
 A split too small for an estimator (estimators.MIN_EXAMPLES) gives null with the reason, never a number.
+On a conditional task (a CVAE) every estimate is of log p(x | c) with the conditional prior p(z | c),
+over the target's tokens and its </s>: the paper prints only KL and AU (Table 2); the rest is in
+eval.json for reference. MI is then I(z; source, target) under the aggregate posterior.
 Evaluation runs at the precision the model was trained at (`train.precision` of the run config, recorded
 in eval.json): under bf16 the passes autocast while densities, KL and the log-sum-exp stay fp32.
 """
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from della.batches import collate, length_sorted_batches
+from della.batches import collate_batch, length_sorted_batches
 from della.estimators import (TooFewExamples, active_units, bootstrap_stderr, iw_batch, mutual_information,
                               path_averaged_means, require_examples)
 from della.io import atomic_write_json
@@ -61,19 +64,19 @@ def collect(model, split, k: int, batch_size: int, device) -> dict[str, torch.Te
     n = len(split.sequences)
     keys = ("log_marginal", "log_marginal_layer_mean", "rec_nll", "n_pred")
     acc = {key: torch.zeros(n) for key in keys}
-    G, p, d = model.n_groups, model.latent_size, model.backbone.n_embd
+    G, p, d = model.n_groups, model.latent_size, model.feature_size
     acc.update(kl=torch.zeros(n, G), z=torch.zeros(n, G, p), mean=torch.zeros(n, G, p),
                logvar=torch.zeros(n, G, p), features=torch.zeros(n, G, d))
     batches = list(length_sorted_batches(split.sequences, batch_size))
     for idx in tqdm(batches, desc=f"evaluate (K={k})", unit="batch", mininterval=2.0):
-        ids, mask = collate([split.sequences[i] for i in idx], model.vocab.pad_id, device)
-        est = iw_batch(model, ids, mask, k)
+        ids, mask, condition = collate_batch(split, idx, model.vocab.pad_id, device)
+        est = iw_batch(model, ids, mask, k, condition=condition)
         post = est.posterior
         rows = torch.tensor(idx)
         acc["log_marginal"][rows] = est.log_marginal.cpu()
         acc["log_marginal_layer_mean"][rows] = est.log_marginal_layer_mean.cpu()
         acc["rec_nll"][rows] = est.rec_nll.cpu()
-        acc["n_pred"][rows] = mask[:, 1:].sum(1).cpu()
+        acc["n_pred"][rows] = model.predicted_mask(mask, condition).sum(1).cpu()
         acc["kl"][rows] = est.kl.cpu()
         for key, value in (("z", post.z[0]), ("mean", path_averaged_means(post)), ("logvar", post.logvar[0]),
                            ("features", est.features)):
@@ -87,8 +90,8 @@ def posterior_means(model, split, k: int, batch_size: int, device) -> torch.Tens
     heads alone (no decoder pass)."""
     means = torch.zeros(len(split.sequences), model.n_groups, model.latent_size)
     for idx in length_sorted_batches(split.sequences, batch_size):
-        ids, mask = collate([split.sequences[i] for i in idx], model.vocab.pad_id, device)
-        means[torch.tensor(idx)] = path_averaged_means(model.sample_posterior(model.encode(ids, mask), k)).cpu()
+        features = model.encode(*collate_batch(split, idx, model.vocab.pad_id, device))
+        means[torch.tensor(idx)] = path_averaged_means(model.sample_posterior(features, k)).cpu()
     return means
 
 
@@ -172,7 +175,7 @@ def probe_metrics(model, cfg, tokenizer, test_means: torch.Tensor, device, max_t
     data = Path(cfg.data_dir)
     if model.n_groups == 0 or not (data / "train.attributes.jsonl").exists():
         return {}
-    train_split = load_split(cfg, "train", tokenizer, max_train)
+    train_split = load_split(cfg, "train", tokenizer, max_train, model.backbone.n_positions)
     train_attrs = read_attributes(data / "train.attributes.jsonl")[:max_train]
     test_attrs = read_attributes(data / "test.attributes.jsonl")[: test_means.shape[0]]
     train_means = posterior_means(model, train_split, cfg.evaluate.iw_samples, cfg.evaluate.batch_size, device)
@@ -193,12 +196,12 @@ def probe_metrics(model, cfg, tokenizer, test_means: torch.Tensor, device, max_t
 
 def evaluate(run_dir: Path, split: str, out_path: Path) -> dict:
     cfg, model, tokenizer, device = load_trained(run_dir)
-    data = load_split(cfg, split, tokenizer, cfg.evaluate.max_lines)
+    data = load_split(cfg, split, tokenizer, cfg.evaluate.max_lines, model.backbone.n_positions)
     start = time.perf_counter()
     with autocast(device, cfg.train.precision):
         acc = collect(model, data, cfg.evaluate.iw_samples, cfg.evaluate.batch_size, device)
         metrics = representation_metrics(model, acc, cfg.evaluate.iw_samples, cfg.evaluate.mi_batch_size)
-        if split == "test":
+        if split == "test" and cfg.task == "lm":
             metrics.update(probe_metrics(model, cfg, tokenizer, acc["mean"], device))
     result = {"kind": "eval", "metrics": metrics, "split": split, "data": data.summary(),
               "config": cfg.to_dict(), "seed": cfg.seed, "precision": cfg.train.precision,

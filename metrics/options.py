@@ -60,12 +60,14 @@ class MetricOptions:
     # Encoders of the model-based metrics
     encoders: str = _opt("minilm", "encoder preset: minilm (offline MiniLM for both) or paper "
                          "(gpt2-large for MAUVE, roberta-large for BERTScore)")
-    mauve_encoder: str = _opt("", "MAUVE feature model: minilm, a HF name or a local dir "
-                              "(empty: from the preset)")
+    mauve_encoder: str = _opt("", "MAUVE feature model: minilm, a HF name or a local dir, e.g. "
+                              "the dataset's own GPT-2 LM from `python -m della export-lm`, the "
+                              "order-aware choice without a hub (empty: from the preset)")
     mauve_pooling: str = _opt("last", "last: hidden state of the last real token, as mauve-text "
-                              "featurises GPT-2; mean: average over tokens. With MiniLM both are "
-                              "nearly blind to word order (PTB, 400 random valid lines vs 400 "
-                              "test: held-out 0.90 / 0.87, word-shuffled 0.80 / 0.86)")
+                              "featurises GPT-2; mean: average over tokens. PTB, 1000 test lines "
+                              "vs 1000 valid / vs the same test lines word-shuffled: MiniLM last "
+                              "0.82 / 0.995, mean 0.84 / 0.999 (blind to word order); exported "
+                              "PTB GPT-2 LM (2x128, 20k lines) last 0.96 / 0.39, mean 0.91 / 0.99")
     mauve_max_length: int = _opt(1024, "truncate MAUVE inputs to this many encoder tokens")
     mauve_num_buckets: int = _opt(0, "k-means clusters; 0: mauve-text's auto rule, min(n)/10, and "
                                   "500 above 5000 texts per side as its README advises")

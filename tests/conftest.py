@@ -21,9 +21,9 @@ VOCAB = Vocab(size=50, bos_id=1, eos_id=2, pad_id=0)
 TINY = BackboneConfig(n_layer=3, n_embd=32, n_head=2, n_positions=32, dropout=0.0)
 
 
-def tiny_model(name: str, seed: int = 0, **model_args):
+def tiny_model(name: str, seed: int = 0, conditional: bool = False, **model_args):
     torch.manual_seed(seed)
-    return build_model(name, model_args, VOCAB, backbone_config=TINY).eval()
+    return build_model(name, model_args, VOCAB, backbone_config=TINY, conditional=conditional).eval()
 
 
 def random_batch(b: int = 4, t: int = 9, seed: int = 0, pad_last: int = 3):

@@ -200,3 +200,22 @@ def test_monotonic_beta_ramps_once_over_the_warmup_then_holds():
     assert seen[9:] == [1.0] * 7
     with pytest.raises(ValueError, match="warmup_epochs"):
         BetaSchedule(TrainConfig(beta_schedule="monotonic", warmup_epochs=0), 4)
+
+
+@pytest.mark.parametrize("name", ["embed", "memory", "softmax", "della"])
+def test_bow_loss_is_the_bag_of_words_likelihood_of_the_predicted_tokens_under_the_top_latent(name):
+    """Table 5's +BOW: -sum_t log softmax(E W z)[x_t] over the predicted tokens, added with weight
+    bow_weight; the head is the plain tied one (the Softmax paradigm's own W_s z is not added)."""
+    model = tiny_model(name, use_bow=True, bow_weight=0.3)
+    ids, mask = random_batch()
+    torch.manual_seed(0)
+    out = model.loss(ids, mask, beta=0.5)
+    torch.manual_seed(0)
+    post = model.sample_posterior(model.encode(ids, mask), k=1)
+    z = post.z[0]
+    logits = model.bow(z[:, -1]) @ model.backbone.wte.weight.T
+    expected = -(logits.log_softmax(-1).gather(1, ids[:, 1:]) * mask[:, 1:]).sum(1)
+    torch.testing.assert_close(out.bow, expected)
+    ce = model.token_nll(ids, mask, z)
+    torch.testing.assert_close(out.loss, (ce + 0.5 * post.kl[0].sum(-1) + 0.3 * expected).mean())
+    assert tiny_model(name).loss(ids, mask, beta=0.5).bow is None  # off by default

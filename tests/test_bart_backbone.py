@@ -130,9 +130,3 @@ def test_pretrained_loads_from_a_local_directory_with_its_logits_bias(tmp_path):
     ours = BartBackbone.build(cfg, V, bos_token_id=0, eos_token_id=2, pad_token_id=1).eval()
     torch.testing.assert_close(ours.final_logits_bias, hf.final_logits_bias, atol=0, rtol=0)
     torch.testing.assert_close(ours.wte.weight, hf.model.shared.weight, atol=0, rtol=0)
-
-
-def test_module_registers_no_model():
-    from della.models import MODELS
-
-    assert not any("bart" in name for name in MODELS.names())

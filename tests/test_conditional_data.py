@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from della.data import synthetic
-from della.data.conditional import Pair, encode_pairs, read_pairs, target_loss_mask, truncate_tokens, wp_preprocess
+from della.data.conditional import Pair, encode_pairs, read_pairs, truncate_tokens, wp_preprocess
 from della.data.prepare import add_arguments, run
 from della.io import md5sum
 
@@ -185,29 +185,45 @@ def test_decoder_only_sequences_are_source_eos_target_eos_and_cut_targets_are_co
     ids = WordTokenizer().encode_batch(["a b", "c d e", "f", "g h i j k l"])
     assert enc.sequences[0] == [*ids[0], 2, *ids[1], 2] and enc.target_starts == [3, 2]
     assert enc.sequences[1] == [*ids[2], 2, *ids[3][:5], 2] and enc.truncated_lines == [4]
+    assert enc.sources == [[*ids[0], 2], [*ids[2], 2]]  # the condition is the prompt
     with pytest.raises(ValueError, match="x.jsonl:9: source of 6 tokens"):
         encode_pairs([Pair("a b c d e f", "g", 9)], WordTokenizer(), max_length=8, path="x.jsonl")
+
+
+def test_bart_sequences_are_start_bos_target_eos_with_the_source_as_encoder_input():
+    pairs = [Pair("a b", "c d e", 1), Pair("f g h", "i", 2)]
+    enc = encode_pairs(pairs, WordTokenizer(), max_length=8, path="x.jsonl", layout="bart", max_source_length=5)
+    ids = WordTokenizer().encode_batch(["a b", "c d e", "f g h", "i"])
+    assert enc.sequences == [[2, 1, *ids[1], 2], [2, 1, *ids[3], 2]] and enc.target_starts == [2, 2]
+    assert enc.sources == [[1, *ids[0], 2], [1, *ids[2], 2]]
+    with pytest.raises(ValueError, match="x.jsonl:2: source of 5 tokens .* exceeds the encoder's 4 positions"):
+        encode_pairs(pairs, WordTokenizer(), max_length=8, path="x.jsonl", layout="bart", max_source_length=4)
 
 
 def test_source_tokens_never_enter_the_loss():
     import torch
 
-    from della.batches import collate
+    from della.batches import collate_batch
     from tests.conftest import tiny_model
 
     pairs = [Pair("a b c", "d e", 1), Pair("f", "g h", 2)]  # lengths 7 and 5 (padded to 7)
     enc = encode_pairs(pairs, WordTokenizer(), max_length=16, path="x")
-    ids, mask = collate(enc.sequences, pad_id=0)
-    loss_mask = target_loss_mask(mask, enc.target_starts)
-    assert loss_mask.tolist() == [[0, 0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 0, 0]]
-    model = tiny_model("gpt2")
-    z = model.sample_prior(2)
+    ids, mask, condition = collate_batch(enc, [0, 1], pad_id=0)
+    assert model_free_loss_mask(mask, condition) == [[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 0, 0]]
+    model = tiny_model("gpt2", conditional=True)
+    z = model.sample_prior(2, condition=condition)
     with torch.no_grad():
-        nll = model.token_nll(ids, loss_mask, z)
+        nll = model.token_nll(ids, mask, z, condition)
         logp = model.decode(ids, z)[0].log_softmax(-1)
     for b, (seq, start) in enumerate(zip(enc.sequences, enc.target_starts)):
         expected = -sum(logp[b, t - 1, seq[t]] for t in range(start, len(seq)))
         torch.testing.assert_close(nll[b], expected, atol=1e-5, rtol=0)
+
+
+def model_free_loss_mask(mask, condition):
+    from della.models.base import LatentModel
+
+    return LatentModel.predicted_mask(mask, condition).int().tolist()
 
 
 def _save_pairs(path: Path, splits: dict[str, list[tuple]]) -> Path:

@@ -120,7 +120,8 @@ def flags_to_add() -> list[str]:
 
 
 def needs_shared_data(command: str) -> bool:
-    return any(f"config/{name}.yaml" in command for name in ("ptb", "table8")) and not SHARED_DATA.is_dir()
+    uses_shared = ("ptb", "table8", "wp", "cnndm", "quora")
+    return any(f"config/{name}.yaml" in command for name in uses_shared) and not SHARED_DATA.is_dir()
 
 
 @pytest.fixture(scope="module", autouse=True)

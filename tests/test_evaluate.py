@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,14 +16,15 @@ from della.models.base import gaussian_log_density
 from della.train import train
 from tests.conftest import VOCAB, tiny_model
 from tests.test_estimators import _della_with_known_means
+from della.batches import EncodedSplit
 from tests.test_train import run_config
 
 
-def _split(lengths: list[int], seed: int = 0) -> SimpleNamespace:
+def _split(lengths: list[int], seed: int = 0) -> EncodedSplit:
     """Sentences [<s>, tokens..., </s>] of the given numbers of tokens, in this (unsorted) order."""
     g = torch.Generator().manual_seed(seed)
-    return SimpleNamespace(sequences=[[VOCAB.bos_id, *torch.randint(3, VOCAB.size, (n,), generator=g).tolist(),
-                                       VOCAB.eos_id] for n in lengths])
+    return EncodedSplit("x", [[VOCAB.bos_id, *torch.randint(3, VOCAB.size, (n,), generator=g).tolist(),
+                               VOCAB.eos_id] for n in lengths])
 
 
 LENGTHS = [7, 2, 5, 9, 3, 6, 1, 8]  # length-sorted batches of 3 reorder and regroup them

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from della import cost
-from della.flops import forward_flops_per_token, peak_tflops, train_flops_per_token, vae_lm_floor
+from della.flops import cvae_floor, forward_flops_per_token, peak_tflops, train_flops_per_token, vae_lm_floor
 from tests.conftest import tiny_model
 
 
@@ -50,3 +50,13 @@ def test_the_cost_entries_carry_mfu_or_the_reason_it_is_null():
     on_cpu = cost.run_metrics(_run_doc(mfu=None, mfu_note="not trained on a GPU: no peak FLOP rate"))
     assert on_cpu["mfu"]["value"] is None and "not trained on a GPU" in on_cpu["mfu"]["error"]
     assert cost.run_metrics(_run_doc())["mfu"]["error"] == "run.json has no cost.mfu"
+
+
+def test_cvae_floor_counts_the_extra_encoder_passes_by_hand():
+    """L = 1, d = 1, V = 1, source 2, target 3: every term small enough to add up by hand."""
+    # gpt2: plain 5 * (24 + 4*5 + 2) = 230; posterior 5 * (24 + 20) = 220; condition 2 * (24 + 8) = 64
+    assert cvae_floor("gpt2", 1, 1, 1, 2, 3) == pytest.approx((230 + 220 + 64) / 230)
+    # bart: encoder 2 * (24 + 8) = 64; decoder 3 * (28 + 12 + 8) + 2 * 4 = 152; head 3 * 2 = 6; posterior 220
+    assert cvae_floor("bart", 1, 1, 1, 2, 3) == pytest.approx((64 + 152 + 6 + 220) / (64 + 152 + 6))
+    with pytest.raises(ValueError, match="expected gpt2 or bart"):
+        cvae_floor("t5", 1, 1, 1, 2, 3)

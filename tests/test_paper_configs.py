@@ -1,5 +1,6 @@
 """The table configs plan in full: `snakemake -n` on config/table{4,5,8}.yaml and on every paper-scale
-config (config/paper/*.yaml), offline, and the paper-scale ones ask for what the paper ran."""
+config (config/paper/*.yaml, Tables 2 and 9 included), offline, and the paper-scale ones ask for what
+the paper ran."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from della.config import dataset_models
 from della.tables import TABLES
 from tests.conftest import REPO, snakemake
 
@@ -34,30 +36,46 @@ def dry_run(config: Path, workdir: Path, monkeypatch) -> dict[str, int]:
     return job_counts(proc.stdout + proc.stderr)
 
 
-def test_paper_configs_exist_for_tables_1_4_5_8():
-    assert PAPER == ["table1", "table4", "table5", "table8"]
+def validated(cfg: dict) -> dict:
+    from snakemake.utils import validate
+
+    validate(cfg, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    return cfg
+
+
+def test_paper_configs_exist_for_tables_1_2_4_5_8_9():
+    assert PAPER == ["table1", "table2", "table4", "table5", "table8", "table9"]
 
 
 @pytest.mark.parametrize("config", [f"paper/{name}" for name in PAPER] + SMALL)
 def test_dry_run_plans_every_run_and_the_configs_table(config, tmp_path, monkeypatch):
-    cfg = load(REPO / "config" / f"{config}.yaml")
-    runs = len(cfg["datasets"]) * len(cfg["models"]) * len(cfg["seeds"])
+    cfg = validated(load(REPO / "config" / f"{config}.yaml"))
+    runs = sum(len(dataset_models(cfg, dataset)) for dataset in cfg["datasets"]) * len(cfg["seeds"])
     jobs = dry_run(REPO / "config" / f"{config}.yaml", tmp_path, monkeypatch)
     assert jobs["train"] == jobs["evaluate"] == jobs["generate"] == runs
-    assert jobs["prepare_data"] == len(cfg["datasets"])  # nothing prepared or downloaded yet
+    # nothing prepared or downloaded yet: sentence datasets as .txt, conditional ones as .jsonl
+    assert jobs.get("prepare_data", 0) + jobs.get("prepare_conditional_data", 0) == len(cfg["datasets"])
     for table in cfg["tables"]["names"]:
         assert jobs[table] == 1
-    unasked = {"table1", "table4", "table5", "table8"} - set(cfg["tables"]["names"])
+    unasked = set(TABLE_NAMES) - set(cfg["tables"]["names"])
     assert not unasked & set(jobs)  # only the config's tables are rendered
+
+
+PRETRAINED = {"gpt2": "gpt2", "bart": "facebook/bart-base"}  # the paper's backbone of each kind
 
 
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_configs_ask_for_the_papers_scale(name):
-    cfg = load(REPO / "config" / "paper" / f"{name}.yaml")
+    cfg = validated(load(REPO / "config" / "paper" / f"{name}.yaml"))
     assert len(cfg["seeds"]) >= 3
-    assert cfg["backbone"]["pretrained"] == "gpt2"
-    assert all(ds["tokenizer"]["pretrained"] == "gpt2" for ds in cfg["datasets"].values())
-    assert all(ds["source"] == "hf" for ds in cfg["datasets"].values())
+    assert cfg["backbone"]["pretrained"] == PRETRAINED[cfg["backbone"]["kind"]]
+    for dataset, ds in cfg["datasets"].items():
+        assert ds["source"] in ("hf", "hf-conditional")
+        for model in dataset_models(cfg, dataset):  # a model entry that changes the kind loads its checkpoint
+            override = cfg["models"][model]["backbone"]
+            kind = override.get("kind", cfg["backbone"]["kind"])
+            assert "kind" not in override or override["pretrained"] == PRETRAINED[kind], model
+            assert ds["tokenizer"]["pretrained"] == PRETRAINED[kind], (dataset, model)
     assert cfg["train"]["device"] == "cuda" and cfg["resources"]["train"]["gpu"] >= 1
     assert cfg["train"]["batch_size"] in (16, 32) and cfg["train"]["lr"] in (5e-5, 7e-5)
     assert cfg["train"]["cycle_epochs"] == 2
@@ -67,9 +85,21 @@ def test_paper_configs_ask_for_the_papers_scale(name):
             strategy = entry["generate"]["strategy"]
             assert strategy == ("beam" if entry["model"] == "della" else "sample")
             assert strategy == "beam" or entry["generate"]["top_k"] > 0
+    if name == "table2":  # WP as Table 1 (beam for DELLA, top-k for the baselines); CNN/DM beam for all
+        for model in cfg["datasets"]["cnndm"]["models"]:
+            assert cfg["models"][model]["generate"]["strategy"] == "beam"
+        for model in cfg["datasets"]["wp"]["models"]:
+            entry = cfg["models"][model]
+            assert entry["generate"]["strategy"] == ("beam" if entry["model"] == "della" else "sample")
+    if name == "table9":  # beam search for every model
+        assert cfg["generate"]["strategy"] == "beam"
+        assert not any(entry.get("generate") for entry in cfg["models"].values())
+
+
+TABLE_NAMES = ["table1", "table2", "table4", "table5", "table8", "table9"]
 
 
 def test_every_table_name_the_schema_accepts_has_a_layout_in_della_tables():
     schema = load(REPO / "workflow" / "schemas" / "config.schema.yaml")
     names = schema["properties"]["tables"]["properties"]["names"]["items"]["enum"]
-    assert sorted(names) == ["table1", "table4", "table5", "table8"] and set(names) <= set(TABLES)
+    assert sorted(names) == TABLE_NAMES and set(names) <= set(TABLES)

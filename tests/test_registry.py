@@ -84,6 +84,8 @@ def write_fake_results(workdir: Path, models: list[str]) -> None:
 def test_toy_baseline_with_one_config_line_is_a_row_of_table1(toy_package, tmp_path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["models"] = {"embed": {"model": "embed"}, "toy": {"model": "toy"}}  # the one config line: toy
+    config["datasets"] = {"synthetic": {**config["datasets"]["synthetic"], "models": None}}
+    config["tables"] = {"names": ["table1"]}
     config["text_metrics"] = []
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     write_fake_results(tmp_path, list(config["models"]))

@@ -233,12 +233,13 @@ def test_dry_run_plans_the_cost_table_and_the_report_rules(tmp_path):
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "2")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     out = proc.stdout
-    runs = len(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"])  # one dataset, one seed
+    datasets = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["datasets"]
+    runs = sum(len(d["models"]) for d in datasets.values())  # one seed
     for rule, count in {"aggregate_cost": 1, "cost_table": 1, "learning_curves": runs, "samples_page": runs,
                         "provenance": 1}.items():
         assert re.search(rf"^{rule}\s+{count}$", out, re.MULTILINE), rule
     assert ("python -m della aggregate --inputs results/default/runs/synthetic/gpt2/seed0/run.json" in out
-            and "benchmarks/train/synthetic/della-official/seed0.jsonl --out results/default/cost.csv" in out)
+            and "benchmarks/train/synthetic-cvae-bart/della-bart/seed0.jsonl --out results/default/cost.csv" in out)
     assert "python -m della table --summary results/default/cost.csv --table cost" in out
     assert ("python -m della curves --train-log results/default/runs/synthetic/della/seed0/train-log.jsonl"
             " --title 'synthetic / della / seed 0'"
@@ -267,7 +268,8 @@ def decoded(entry: dict) -> str:
 
 
 def check_report(workdir: Path) -> Path:
-    """Build results/default/report.html in `workdir` and check that it holds both tables, and for every
+    """Build results/default/report.html in `workdir` and check that it holds Tables 1 and 2 and the cost
+    table, and for every
     run (every results/default/runs/*/*/seed*/run.json) its learning curves, its samples page and its
     provenance. Returns the report's path."""
     proc = snakemake(workdir, "--report", "results/default/report.html")
@@ -277,21 +279,25 @@ def check_report(workdir: Path) -> Path:
     runs = sorted(workdir.glob("results/default/runs/*/*/seed*/run.json"))
     assert runs, f"no finished run under {workdir}/results/default/runs"
 
-    tables = {path: decoded(results[path]) for path in
-              ("results/default/tables/table1.html", "results/default/tables/cost.html")}
-    assert "results/default/tables/table1.tex" in results and "results/default/tables/cost.tex" in results
-    with open(workdir / "results" / "default" / "tables" / "table1.csv", newline="") as f:
-        labels = {r["model"]: html.escape(r["label"]) for r in csv.DictReader(f) if r["kind"] == "model"}
-    assert "Tokens/s ↑" in tables["results/default/tables/cost.html"]
-    assert "PPL ↓" in tables["results/default/tables/table1.html"]
+    tables = {name: decoded(results[f"results/default/tables/{name}.html"]) for name in ("table1", "table2", "cost")}
+    assert all(f"results/default/tables/{name}.tex" in results for name in tables)
+    labels, table_of = {}, {}
+    for name in ("table1", "table2"):
+        with open(workdir / "results" / "default" / "tables" / f"{name}.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                if r["kind"] == "model":
+                    labels[r["dataset"], r["model"]] = html.escape(r["label"])
+                    table_of[r["dataset"]] = name
+    assert "Tokens/s ↑" in tables["cost"]
+    assert "PPL ↓" in tables["table1"] and "R-L ↑" in tables["table2"]
     provenance = decoded(results["results/default/provenance.html"])
     assert "synthetic" in decoded(results["results/default/tables/table7.html"]).lower()
     assert "Dataset: PTB" in decoded(results["results/default/tables/human_reference.html"])
     for run in runs:
         dataset, model, seed_dir = run.parts[-4:-1]
         seed = seed_dir.removeprefix("seed")
-        for table in tables.values():
-            assert f'<tr class="model"><td>{labels[model]}</td>' in table, (model, table)
+        for table in (tables[table_of[dataset]], tables["cost"]):
+            assert f'<tr class="model"><td>{labels[dataset, model]}</td>' in table, (model, table)
         figure = results[f"results/default/figures/{dataset}/{model}/{seed_dir}/learning_curves.svg"]
         assert figure["mime_type"] == "image/svg+xml" and figure["labels"] == {"model": model, "seed": seed}
         assert "<svg" in decoded(figure)
@@ -300,7 +306,8 @@ def check_report(workdir: Path) -> Path:
         assert samples["mime_type"] == "text/html" and samples["labels"] == {"model": model, "seed": seed}
         assert f"<li>{html.escape(first_sample)}</li>" in decoded(samples)
         interpolation = results.get(f"results/default/figures/{dataset}/{model}/{seed_dir}/interpolation.html")
-        assert (interpolation is None) == (model == "gpt2"), model  # Fig. 3 for every latent model
+        expected = table_of[dataset] == "table1" and model != "gpt2"  # Fig. 3 for every latent model of Table 1
+        assert (interpolation is not None) == expected, model
         commit = json.loads(run.read_text())["provenance"]["git_commit"]
         assert f"{dataset} / {model} / seed {seed}" in provenance and str(commit) in provenance
     return report

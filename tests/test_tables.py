@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import metrics.registry as metric_registry
 from della.cli import main
 from della.cost import COST_METRICS
 from della.tables import (NBSP, PAPER_TABLES, SUMMARY_COLUMNS, TABLES, collect, read_paper, read_summary,
@@ -400,3 +401,169 @@ def test_file_without_metrics_contributes_nothing(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"kind": "samples", "n": 10}))
     assert collect([path]) == []
+
+
+# Tables 2 and 9 (conditional generation): text metrics as the metric registry declares them, KL/AU as eval.json
+def conditional_entry(key: str, value):
+    if key in ("kl", "au"):
+        return entry(value, True, key.upper())
+    spec = metric_registry.get(key)
+    return entry(value, spec.higher_is_better, spec.label, spec.display_scale, spec.decimals)
+
+
+# dataset -> model -> metric -> stored value (None: null, as a model without a latent writes for KL/AU)
+CONDITIONAL = {
+    "wp": {
+        "gpt2": {"bleu": 0.20, "rouge1": 0.25, "rouge2": 0.05, "rougeL": 0.12, "bertscore": 0.78,
+                 "self_bleu": 0.50, "dist": 0.20, "js": 0.005, "kl": None, "au": None},
+        "embed": {"bleu": 0.30, "rouge1": 0.30, "rouge2": 0.06, "rougeL": 0.14,  # no BERTScore
+                  "self_bleu": 0.60, "dist": 0.15, "js": 0.007, "kl": 2.0, "au": 3},
+        "della": {"bleu": 0.35, "rouge1": 0.29, "rouge2": 0.08, "rougeL": 0.16, "bertscore": 0.80,
+                  "self_bleu": 0.45, "dist": 0.22, "js": 0.006, "kl": 20.0, "au": 8},
+    },
+    "cnndm": {
+        "bart": {"bleu": 0.40, "rouge1": 0.41, "rouge2": 0.19, "rougeL": 0.29, "bertscore": 0.87,
+                 "self_bleu": 0.30, "dist": 0.44, "js": 0.001, "kl": None, "au": None},
+        "embed": {"bleu": 0.38, "rouge1": 0.40, "rouge2": 0.18, "rougeL": 0.28, "bertscore": 0.86,
+                  "self_bleu": 0.31, "dist": 0.43, "js": 0.001, "kl": 0.01, "au": 0},
+        "della": {"bleu": 0.42, "rouge1": 0.39, "rouge2": 0.20, "rougeL": 0.30, "bertscore": 0.88,
+                  "self_bleu": 0.29, "dist": 0.45, "js": 0.0009, "kl": 0.9, "au": 1},
+    },
+    "quora": {
+        "bart": {"bleu": 0.60, "rouge1": 0.61, "rouge2": 0.38, "rougeL": 0.58, "bertscore": 0.94, "kl": None},
+        "memory": {"bleu": 0.59, "rouge1": 0.60, "rouge2": 0.37, "rougeL": 0.57, "bertscore": 0.93, "kl": 0.0},
+        "della": {"bleu": 0.62, "rouge1": 0.62, "rouge2": 0.39, "rougeL": 0.59, "bertscore": 0.95, "kl": 3.5},
+    },
+}
+LABELS = ["--label", "gpt2=GPT-2", "--label", "bart=BART-base", "--label", "embed=Embed",
+          "--label", "memory=Memory", "--label", "della=DELLA"]
+
+
+def conditional_files(root: Path, datasets: list[str]) -> list[Path]:
+    files = []
+    for dataset in datasets:
+        for model, values in CONDITIONAL[dataset].items():
+            split = {kind: {k: conditional_entry(k, v) for k, v in values.items() if (k in ("kl", "au")) == is_eval}
+                     for kind, is_eval in (("eval", True), ("metrics", False))}
+            files += [write_run(root, dataset, model, 0, kind, metrics) for kind, metrics in split.items()]
+    return files
+
+
+def keyed_rows(md: str, title: str, table: str) -> list[tuple[str, dict[str, str]]]:
+    keys = [k for _, ks in TABLES[table] for k in ks]
+    return [(row[0], dict(zip(keys, row[1:]))) for row in block_rows(md, title)]
+
+
+def test_table2_has_the_papers_column_groups_rows_and_best(tmp_path):
+    tables = render(tmp_path, conditional_files(tmp_path, ["wp", "cnndm"]), "--models", "gpt2,bart,embed,della",
+                    *LABELS, table="table2")
+    md, tex, page = tables["md"], tables["tex"], tables["html"]
+    assert md.splitlines()[0] == ("| Model | BLEU ↑ | R-1 ↑ | R-2 ↑ | R-L ↑ | BERTScore ↑ | SB ↓ | Dist ↑ | JS ↓ "
+                                  "| KL ↑ | AU ↑ |")
+    assert r"\multicolumn{5}{c}{Quality} & \multicolumn{3}{c}{Diversity} & \multicolumn{2}{c}{} \\" in tex
+    assert r"\cmidrule(lr){2-6} \cmidrule(lr){7-9}" + "\n" in tex  # no rule under the untitled KL, AU
+    assert '<th colspan="5">Quality</th><th colspan="3">Diversity</th><th colspan="2"></th>' in page
+    wp = dict(keyed_rows(md, "Dataset: WP", "table2"))  # the paper's spelling of `wp`
+    assert list(wp) == ["GPT-2", "BART-base", "Embed", "DELLA"]
+    assert wp["DELLA"]["bleu"] == "**35.00**" and wp["Embed"]["rouge1"] == "**30.00**"
+    assert wp["DELLA"]["self_bleu"] == "**45.00**" and wp["GPT-2"]["js"] == "**0.50**"  # lower is better
+    assert wp["DELLA"]["kl"] == "**20.00**" and wp["DELLA"]["au"] == "**8.00**"
+    assert wp["Embed"]["bertscore"] == "–" and wp["GPT-2"]["kl"] == "–"  # absent key; null value
+    assert set(wp["BART-base"].values()) == {"–"}  # no run of it on WP
+    assert [label for label, _ in keyed_rows(md, "Dataset: CNN/DM", "table2")] == list(wp)
+
+
+def test_table2_paper_rows_under_the_models_the_paper_reports(tmp_path):
+    md = render(tmp_path, conditional_files(tmp_path, ["wp", "cnndm"]), "--models", "gpt2,bart,embed,della",
+                *LABELS, "--paper", "--paper-dataset", "wp=WP", "--paper-dataset", "cnndm=CNN/DM",
+                "--paper-model", "bart=Bart-base", table="table2")["md"]
+    wp = keyed_rows(md, "Dataset: WP", "table2")
+    assert [label for label, _ in wp] == ["GPT-2", "↳ *paper*", "BART-base", "Embed", "↳ *paper*",
+                                          "DELLA", "↳ *paper*"]
+    gpt2, della = wp[1][1], wp[6][1]
+    # Table 2, WritingPrompts: GPT-2 BLEU 27.89 (percent), JS 0.51 (a fraction: 51.00 in our units), KL "-"
+    assert (gpt2["bleu"], gpt2["bertscore"], gpt2["js"], gpt2["kl"]) == ("27.89", "78.12", "51.00", "–")
+    assert (della["rougeL"], della["kl"], della["au"]) == ("17.20", "28.14", "8.00")  # never bold
+    cnndm = keyed_rows(md, "Dataset: CNN/DM", "table2")
+    assert [label for label, _ in cnndm][:3] == ["GPT-2", "BART-base", "↳ *paper*"]
+    assert cnndm[2][1]["bleu"] == "48.74" and cnndm[2][1]["au"] == "–"
+    assert "Dataset: CNN/DM: paper rows from Hu et al. (2022), Table 2, Dataset: CNN/DM" in md
+    # the paper's model named by the row label alone (no --paper-model) counts too
+    assert ("Dataset: WP: paper rows from Hu et al. (2022), Table 2, Dataset: WP, in this table's units "
+            "(WP: the abbreviation of §5.1 for WritingPrompts).") in md
+
+
+def test_table9_has_no_group_titles_and_the_papers_quora_rows(tmp_path):
+    tables = render(tmp_path, conditional_files(tmp_path, ["quora"]), "--models", "bart,memory,della", *LABELS,
+                    "--paper-model", "bart=Bart-base", "--paper", table="table9")
+    md, tex, page = tables["md"], tables["tex"], tables["html"]
+    assert md.splitlines()[0] == "| Model | BLEU ↑ | R-1 ↑ | R-2 ↑ | R-L ↑ | BERTScore ↑ | KL ↑ |"
+    assert r"\multicolumn{6}" not in tex and r"\cmidrule" not in tex
+    assert r"\toprule" + "\n" + r"Model & BLEU$\uparrow$" in tex
+    assert "<thead>\n<tr><th>Model</th>" in page and "colspan" not in page.split("</thead>")[0]
+    quora = keyed_rows(md, "Dataset: Quora", "table9")  # `quora` matches the paper's Quora
+    assert [label for label, _ in quora] == ["BART-base", "↳ *paper*", "Memory", "↳ *paper*", "DELLA",
+                                             "↳ *paper*"]
+    assert quora[4][1]["bleu"] == "**62.00**" and quora[0][1]["kl"] == "–"
+    assert quora[1][1]["bleu"] == "64.34" and quora[1][1]["kl"] == "–"  # Bart-base: "-" in the paper
+    assert quora[3][1]["rouge2"] == "39.18"  # printed "Mem"
+    assert quora[5][1]["kl"] == "3.88" and quora[5][1]["bertscore"] == "94.84"
+
+
+# how Tables 2 and 9 head each of our columns, and its unit: printed = stored value x scale
+PRINTED_COLUMNS = {"bleu": ("BLEU↑", 100), "rouge1": ("Rouge-1↑", 100), "rouge2": ("Rouge-2↑", 100),
+                   "rougeL": ("Rouge-L↑", 100), "bertscore": ("BERTScore↑", 100), "self_bleu": ("SB↓", 100),
+                   "dist": ("Dist↑", 100), "js": ("JS↓", 1), "kl": ("KL↑", 1), "au": ("AU↑", 1)}
+
+
+@pytest.mark.parametrize("name, blocks, rows, cells", [
+    ("table2", {"WP": "WritingPrompts", "CNN/DM": "CNN/DM"},
+     {"WP": ["GPT-2", "Embed", "Memory", "Softmax", "DELLA"],
+      "CNN/DM": ["Bart-base", "Embed", "Memory", "Softmax", "DELLA"]}, 2 * 5 * 10 - 4),  # "-": KL, AU of the plain
+    ("table9", {"Quora": "Quora"}, {"Quora": ["Bart-base", "Embed", "Memory", "Softmax", "DELLA"]}, 5 * 6 - 1),
+])
+def test_conditional_paper_csvs_are_complete_and_consistent(name, blocks, rows, cells):
+    values = read_paper(name)
+    keys = [k for _, ks in TABLES[name] for k in ks]
+    assert PAPER_TABLES[name] == [name] and len(values) == cells
+    assert {k for _, _, k in values} == set(keys)
+    for dataset, models in rows.items():
+        assert list(dict.fromkeys(m for d, m, _ in values if d == dataset)) == models  # the paper's row order
+    with open(Path(__file__).parents[1] / f"della/paper/{name}.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            head, scale = PRINTED_COLUMNS[row["metric"]]
+            printed_row = "Mem" if name == "table9" and row["model"] == "Memory" else row["model"]
+            head = "Bertscore↑" if name == "table9" and row["metric"] == "bertscore" else head
+            assert row["source"] == f"Table {name[5:]}, Dataset: {blocks[row['dataset']]}, row {printed_row}, " \
+                                    f"column {head}"
+            assert float(row["scale"]) == scale
+
+
+def test_conditional_paper_numbers_spot_checked_against_the_paper_text():
+    t2, t9 = read_paper("table2"), read_paper("table9")
+    assert t2["WP", "DELLA", "kl"].value == 28.14 and t2["WP", "Embed", "au"].value == 3
+    assert t2["WP", "Memory", "dist"].value == pytest.approx(0.1290)
+    assert t2["CNN/DM", "Bart-base", "bertscore"].value == pytest.approx(0.8775)
+    assert t2["CNN/DM", "Softmax", "js"].value == 0.10 and t2["CNN/DM", "DELLA", "au"].value == 1
+    assert ("WP", "GPT-2", "kl") not in t2 and ("CNN/DM", "Bart-base", "au") not in t2  # "-": absent
+    assert t9["Quora", "Memory", "rouge2"].value == pytest.approx(0.3918)
+    assert t9["Quora", "Softmax", "kl"].printed == 0.0 and ("Quora", "Bart-base", "kl") not in t9
+
+
+def test_conditional_table_columns_are_keys_the_project_writes():
+    from della.evaluate import METRICS as EVAL_METRICS  # imports torch: only here
+
+    produced = set(metric_registry.result_keys()) | set(EVAL_METRICS)
+    for name in ("table2", "table9"):
+        assert {k for _, ks in TABLES[name] for k in ks} <= produced
+
+
+def test_dataset_models_keep_only_the_rows_run_on_each_dataset(tmp_path):
+    """GPT-2 rows on WP and BART rows on CNN/DM, as the paper's Table 2 lays them out; the order is --models'."""
+    md = render(tmp_path, conditional_files(tmp_path, ["wp", "cnndm"]), "--models", "gpt2,bart,embed,della",
+                *LABELS, "--dataset-models", "wp=della,gpt2,embed", "--dataset-models", "cnndm=bart,embed,della",
+                table="table2")["md"]
+    assert [label for label, _ in keyed_rows(md, "Dataset: WP", "table2")] == ["GPT-2", "Embed", "DELLA"]
+    assert [label for label, _ in keyed_rows(md, "Dataset: CNN/DM", "table2")] == ["BART-base", "Embed", "DELLA"]
+    with pytest.raises(SystemExit):  # the CLI names the flag and exits 2
+        render(tmp_path, conditional_files(tmp_path, ["wp"]), "--dataset-models", "wp", table="table2")

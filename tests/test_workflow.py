@@ -46,17 +46,35 @@ def write_config(tmp_path: Path, cfg: dict) -> Path:
 
 
 def planned_jobs(config: dict) -> dict[str, int]:
-    """The jobs a config with text metrics plans, derived from its datasets, models and seeds."""
-    datasets, seeds = len(config["datasets"]), len(config["seeds"])
-    runs = datasets * len(config["models"]) * seeds
-    latent_runs = datasets * seeds * sum(MODELS.get(m["model"]).has_latent for m in config["models"].values())
+    """The jobs a config with MAUVE among its sentence datasets' text metrics plans, derived from its
+    datasets (sentence or conditional), the models each runs, its seeds and its tables."""
+    seeds = len(config["seeds"])
+    runs = {name: [config["models"][m]["model"] for m in (d.get("models") or config["models"])]
+            for name, d in config["datasets"].items()}
+    lm = [name for name, d in config["datasets"].items() if "conditional" not in d["source"]]
+    n_runs = seeds * sum(len(models) for models in runs.values())
     per_run = ("run_config", "train", "evaluate", "generate", "text_metrics", "learning_curves", "samples_page")
-    once = ("aggregate", "table1", "aggregate_cost", "cost_table", "provenance", "table7", "human_reference_table")
-    return ({rule: datasets for rule in ("prepare_data", "tokenizer", "human_metrics")}
-            | {rule: runs for rule in per_run} | {rule: 1 for rule in once} | {"interpolation": latent_runs})
+    once = ("aggregate", "aggregate_cost", "cost_table", "provenance", "table7", "human_reference_table")
+    tables = dict.fromkeys(["table1", *config.get("tables", {}).get("names", [])], 1)
+    plan = {rule: n_runs for rule in per_run} | {rule: 1 for rule in once} | tables | {
+        "prepare_data": len(lm), "prepare_conditional_data": len(config["datasets"]) - len(lm),
+        "tokenizer": len(config["datasets"]), "human_metrics": len(lm),
+        "feature_lm": sum("gpt2" in runs[d] for d in lm),
+        "interpolation": seeds * sum(MODELS.get(m).has_latent for d in lm for m in runs[d])}
+    return {rule: n for rule, n in plan.items() if n}
 
 
 PLAN = planned_jobs(DEFAULT_CONFIG)
+
+
+def sentence_default() -> dict:
+    """The default config's sentence dataset alone, with the models it runs (all of the config's)."""
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    synthetic = cfg["datasets"]["synthetic"]
+    runs = synthetic.pop("models")
+    cfg["models"] = {name: entry for name, entry in cfg["models"].items() if name in runs}
+    cfg["datasets"], cfg["tables"] = {"synthetic": synthetic}, {"names": ["table1"]}
+    return cfg
 
 
 def test_dry_run_of_the_embedded_default_plans_every_rule(tmp_path):
@@ -120,7 +138,7 @@ def test_ptb_config_plans_ptb_only(shared_data, tmp_path):
 
 
 def test_run_config_rule_writes_the_resolved_config(tmp_path):
-    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    cfg = sentence_default()
     cfg["models"] = {"della": {"model": "della", "args": {"latent_size": 8}, "train": {"epochs": 7}}}
     cfg["datasets"]["synthetic"]["train"] = {"epochs": 5, "lr": 2.0e-3}
     proc = snakemake(tmp_path, "--cores", "1", "--until", "run_config",
@@ -150,9 +168,9 @@ def test_default_config_validates_and_every_run_config_resolves():
     cfg = validated(DEFAULT_CONFIG)
     assert {entry["model"] for entry in cfg["models"].values()} <= set(MODELS.names())
     for dataset in cfg["datasets"]:
-        for model in cfg["models"]:
+        for model in della_config.dataset_models(cfg, dataset):
             run = della_config.resolve_run_config(cfg, dataset, model, 0)
-            della_config.RunConfig.from_dict(run)
+            assert della_config.RunConfig.from_dict(run).task == della_config.dataset_task(cfg["datasets"][dataset])
 
 
 def test_overrides_do_not_get_defaults_filled_in():
@@ -257,7 +275,7 @@ def test_environment_yml_matches_pyproject():
 
 
 def test_several_gpus_per_training_job_launch_torchrun(tmp_path):
-    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    cfg = sentence_default()
     cfg["resources"]["train"]["gpu"] = 4
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", str(write_config(tmp_path, cfg)))
     assert proc.returncode == 0, proc.stderr + proc.stdout

@@ -23,7 +23,8 @@ the md5 of every file. Steps, in this order, per pair:
 4. `--max-train-lines` / `--max-eval-lines`: keep the first N pairs of the split.
 
 For training, `encode_pairs` lays a pair out as the official GPT-2 CVAE does (source + </s> +
-target + </s>) and `target_loss_mask` keeps the source out of the loss.
+target + </s>), or as BART reads it, with the condition (the source as the condition encoder
+reads it) and the target's start, before which nothing enters the loss.
 """
 
 from __future__ import annotations
@@ -214,44 +215,49 @@ def _write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     write_lines(path, (json.dumps(r, ensure_ascii=False, sort_keys=True) for r in records))
 
 
-# --- token sequences for a decoder-only CVAE (GPT-2, reference §5) -------------------------------
-@dataclass
-class EncodedPairs:
-    path: str
-    sequences: list[list[int]]  # source + </s> + target + </s>, no <s>
-    target_starts: list[int]  # index of the first target token in each sequence
-    truncated_lines: list[int]  # 1-based lines whose target was cut to fit
+# --- token sequences of a CVAE (reference §5; BART: §5.1) ------------------------------------------
+LAYOUTS = ("gpt2", "bart")  # the backbone kind the sequences are laid out for
 
 
-def encode_pairs(pairs: list[Pair], tokenizer, max_length: int, path: str) -> EncodedPairs:
-    """The official CVAE layout. A target too long for max_length keeps its first tokens and its
-    </s> (counted); a source that leaves no room for one target token and </s> is an error."""
-    out = EncodedPairs(path, [], [], [])
+def encode_pairs(pairs: list[Pair], tokenizer, max_length: int, path: str, layout: str = "gpt2",
+                 max_source_length: int | None = None):
+    """Pairs -> an EncodedSplit with the condition of every example.
+
+    gpt2 (the official CVAE): decoder sequence source + </s> + target + </s>, no <s>; the
+    condition is its prefix source + </s>; the target starts after it.
+    bart: decoder sequence </s> <s> target </s> (HF's decoder start, then BART's labels); the
+    condition is the encoder input <s> source </s>; the target starts at index 2.
+    A target too long for max_length keeps its first tokens and its </s> (counted). A source that
+    leaves no room for one target token (gpt2) or exceeds max_source_length (bart: the encoder's
+    positions) is an error naming its line.
+    """
+    from della.batches import EncodedSplit
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}; expected one of {LAYOUTS}")
+    out = EncodedSplit(path, [], sources=[], target_starts=[])
     sources = tokenizer.encode_batch([p.source for p in pairs])
     targets = tokenizer.encode_batch([p.target for p in pairs])
-    eos = tokenizer.eos_id
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
     for pair, src, tgt in zip(pairs, sources, targets):
-        start = len(src) + 1
-        if start + 2 > max_length:
-            raise ValueError(f"{path}:{pair.line}: source of {len(src)} tokens (+ </s>) leaves no room for a "
-                             f"target within max_length {max_length}; cap it (--max-source-tokens)")
-        seq = [*src, eos, *tgt, eos]
+        if layout == "gpt2":
+            condition, prefix = [*src, eos], [*src, eos]
+            if len(prefix) + 2 > max_length:
+                raise ValueError(f"{path}:{pair.line}: source of {len(src)} tokens (+ </s>) leaves no room for a "
+                                 f"target within train.max_length {max_length}; cap it (max_source_tokens)")
+        else:
+            condition, prefix = [bos, *src, eos], [eos, bos]
+            if max_source_length is not None and len(condition) > max_source_length:
+                raise ValueError(f"{path}:{pair.line}: source of {len(condition)} tokens (with <s> and </s>) exceeds "
+                                 f"the encoder's {max_source_length} positions; cap it (max_source_tokens)")
+        seq = [*prefix, *tgt, eos]
         if len(seq) > max_length:
             seq = seq[: max_length - 1] + [eos]
             out.truncated_lines.append(pair.line)
         out.sequences.append(seq)
-        out.target_starts.append(start)
+        out.sources.append(condition)
+        out.target_starts.append(len(prefix))
     return out
-
-
-def target_loss_mask(mask, target_starts: list[int]):
-    """The padding mask (B, T) with every position before the target zeroed: with it as the
-    loss mask, no source token (nor the separator) enters the loss, the target and its </s> do."""
-    import torch  # only here: prepare-data runs without torch
-
-    positions = torch.arange(mask.shape[1], device=mask.device)[None, :]
-    starts = torch.tensor(target_starts, device=mask.device)[:, None]
-    return mask * (positions >= starts)
 
 
 # --- prepare-data hook ---------------------------------------------------------------------------

@@ -5,8 +5,10 @@ Two ways to get a tokenizer for a dataset:
 - `--pretrained NAME_OR_DIR`: a Hugging Face tokenizer (GPT-2 BPE by hub name or a local
   directory, loaded with `transformers.AutoTokenizer`). As in the official DELLA code, `<s>` and
   `</s>` are added as BOS/EOS, and `<|endoftext|>` becomes the pad token if there is none.
-- otherwise: a byte-level BPE trained with Hugging Face `tokenizers` on the dataset's train.txt
-  (`--vocab-size`, special tokens `<pad>`, `<s>`, `</s>`; deterministic for a given file).
+- otherwise: a byte-level BPE trained with Hugging Face `tokenizers` on the dataset's train split
+  (`--vocab-size`, special tokens `<pad>`, `<s>`, `</s>`; deterministic for a given file): the lines
+  of train.txt, or for a conditional dataset (its prepare.json says `"task": "conditional"`) the
+  source and the target of every pair of train.jsonl, since the models read both.
 
 Either way the output directory holds `tokenizer.json` (+ the transformers files, so
 `AutoTokenizer.from_pretrained(dir)` also works) and `tokenizer-info.json` (special ids, vocabulary
@@ -25,6 +27,7 @@ from typing import Any, Sequence
 
 from tokenizers import Tokenizer as _HFTokenizer
 
+from della.data.conditional import read_pairs
 from della.data.corpus import read_lines
 from della.io import atomic_write_json, md5sum, read_json, replace_dir
 
@@ -33,7 +36,7 @@ log = logging.getLogger(__name__)
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 GPT2_PAD = "<|endoftext|>"
 INFO_FILE = "tokenizer-info.json"
-MIN_FREQUENCY = 2  # a merge must occur at least twice in train.txt
+MIN_FREQUENCY = 2  # a merge must occur at least twice in the training texts
 
 
 class Tokenizer:
@@ -120,6 +123,21 @@ def train_bpe(lines: Sequence[str], vocab_size: int) -> _HFTokenizer:
     return hf
 
 
+def training_texts(data_dir: str | Path) -> tuple[Path, list[str], list[str] | None]:
+    """(file, texts, fields) a BPE is trained on: train.txt's lines (fields None), or the sources and
+    targets of train.jsonl for a conditional dataset, as prepare-data records it in prepare.json."""
+    data_dir = Path(data_dir)
+    report = data_dir / "prepare.json"
+    if report.is_file() and read_json(report).get("task") == "conditional":
+        path = data_dir / "train.jsonl"
+        return path, [text for pair in read_pairs(path) for text in (pair.source, pair.target)], ["source", "target"]
+    path = data_dir / "train.txt"
+    if not path.is_file() and (data_dir / "train.jsonl").is_file():
+        raise FileNotFoundError(f"{path}: no such file, and {report} does not mark {data_dir} as a conditional "
+                                "dataset: prepare it with `python -m della prepare-data --source jsonl`")
+    return path, read_lines(path), None
+
+
 def from_pretrained(name_or_dir: str) -> tuple[_HFTokenizer, dict[str, Any]]:
     """A transformers tokenizer with `<s>`/`</s>` added and a pad token (the DELLA recipe)."""
     from transformers import AutoTokenizer
@@ -144,20 +162,21 @@ def from_pretrained(name_or_dir: str) -> tuple[_HFTokenizer, dict[str, Any]]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "train a byte-level BPE on a dataset, or adopt a pretrained tokenizer"
-    p.add_argument("--data", required=True, help="prepared dataset directory (reads train.txt)")
+    p.add_argument("--data", required=True,
+                   help="prepared dataset directory (reads train.txt, or train.jsonl of a conditional dataset)")
     p.add_argument("--pretrained", default=None, help="HF tokenizer name or local directory")
     p.add_argument("--vocab-size", type=int, default=1000, help="trained BPE: vocabulary size")
     p.add_argument("--out", required=True, help="output directory, e.g. results/tokenizers/<dataset>")
 
 
 def run(args: argparse.Namespace) -> None:
-    train_file = Path(args.data) / "train.txt"
     if args.pretrained:
         hf, info = from_pretrained(args.pretrained)
     else:
-        hf = train_bpe(read_lines(train_file), args.vocab_size)
+        train_file, texts, fields = training_texts(args.data)
+        hf = train_bpe(texts, args.vocab_size)
         info = {"kind": "trained-bpe", "pretrained": None, "requested_vocab_size": args.vocab_size,
-                "min_frequency": MIN_FREQUENCY, "train_file": str(train_file),
+                "min_frequency": MIN_FREQUENCY, "train_file": str(train_file), "train_fields": fields,
                 "train_md5": md5sum(train_file), "bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
     import tokenizers
 

@@ -157,11 +157,14 @@ class BartBackbone(nn.Module):
                 new_cache.append((*self_kv, *cross_kv))
         return DecoderOutput(hidden=x, layers=layers, cache=new_cache)
 
-    def lm_logits(self, hidden: torch.Tensor, inject: DecoderInjection | None = None) -> torch.Tensor:
-        """BART's tied LM head (+ final_logits_bias); the Softmax paradigm's add comes first."""
+    def lm_logits(self, hidden: torch.Tensor, inject: DecoderInjection | None = None,
+                  head: nn.Linear | None = None) -> torch.Tensor:
+        """BART's tied LM head (+ final_logits_bias), or an untied `head` in its place (a model's
+        `tie_lm_head: false`); the Softmax paradigm's add comes first."""
         if inject is not None and inject.softmax is not None:
             hidden = hidden + inject.softmax[:, None, :]
-        return hidden @ self.bart.shared.weight.T + self.final_logits_bias
+        weight = self.bart.shared.weight if head is None else head.weight
+        return hidden @ weight.T + self.final_logits_bias
 
     # --- pieces ----------------------------------------------------------------------------------
     def _check_length(self, length: int, what: str) -> None:

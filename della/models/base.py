@@ -22,11 +22,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GPT2Config, GPT2Model
+from transformers import BartConfig, BartModel, GPT2Config, GPT2Model
 
 from della.config import BackboneConfig
 from della.io import atomic_write_binary, atomic_write_json, replace_dir
 from della.models.backbone import Backbone, Injection, KVCache
+from della.models.bart_backbone import BartBackbone
 from della.registry import Registry
 
 MODELS: Registry[type["LatentModel"]] = Registry("model")
@@ -39,6 +40,31 @@ class Vocab:
     bos_id: int
     eos_id: int
     pad_id: int
+
+
+@dataclass
+class Condition:
+    """The source of a conditional task (CVAE) for one batch, as the condition encoder reads it.
+
+    For the GPT-2 CVAE the decoder sequence is source + </s> + target + </s>, and `ids` is its
+    prefix source + </s>. `target_start` (B,) is the index of each row's first target token in the
+    decoder sequence: no earlier position is ever predicted, so no source token enters the loss.
+    """
+
+    ids: torch.Tensor  # (B, S) right-padded
+    mask: torch.Tensor  # (B, S) 1 on real tokens
+    target_start: torch.Tensor  # (B,) long
+
+    def repeat(self, n: int) -> "Condition":
+        """Each row n times, sample-major (as `ids.repeat(n, 1)` lays out K posterior samples)."""
+        return Condition(self.ids.repeat(n, 1), self.mask.repeat(n, 1), self.target_start.repeat(n))
+
+    def rows(self, index: torch.Tensor) -> "Condition":
+        return self.map(lambda t: t[index])
+
+    def map(self, fn) -> "Condition":
+        """fn applied to each tensor (e.g. a device copy)."""
+        return Condition(fn(self.ids), fn(self.mask), fn(self.target_start))
 
 
 @dataclass
@@ -105,14 +131,23 @@ def build_pooling(kind: str, d: int) -> nn.Module:
 
 
 class LatentModel(nn.Module):
-    """Base class: LM head, decoder pass, reconstruction, loss, save/load."""
+    """Base class: LM head, decoder pass, reconstruction, loss, save/load.
+
+    A `conditional` model (a CVAE) takes a `Condition` in every pass: its prior is p(z | c), its
+    posterior q(z | x, c), and its encoder features hold both, [x; c] on the last axis (B, G, 2d).
+    Only a conditional model builds the condition's modules, so an unconditional model's weights
+    (and its initialisation's random draws) are those it had before CVAEs existed.
+    """
 
     config_class: ClassVar[type]
     registry_name: ClassVar[str]
+    supports_condition: ClassVar[bool] = True
 
-    def __init__(self, config, backbone: Backbone, vocab: Vocab):
+    def __init__(self, config, backbone: Backbone, vocab: Vocab, conditional: bool = False):
         super().__init__()
-        self.config, self.backbone, self.vocab = config, backbone, vocab
+        if conditional and not self.supports_condition:
+            raise ValueError(f"model {self.registry_name!r} has no conditional (CVAE) version")
+        self.config, self.backbone, self.vocab, self.conditional = config, backbone, vocab, conditional
         d = backbone.n_embd
         if getattr(config, "tie_lm_head", True):
             self.lm_head = None  # logits = h @ wte^T
@@ -124,9 +159,29 @@ class LatentModel(nn.Module):
     n_groups: int = 0
     latent_size: int = 0
 
-    def encode(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per-group features (B, G, d) of the encoder pass; they do not depend on z."""
-        return input_ids.new_zeros((input_ids.shape[0], 0, self.backbone.n_embd), dtype=torch.float)
+    def encode(self, input_ids: torch.Tensor, mask: torch.Tensor, condition: Condition | None = None) -> torch.Tensor:
+        """Per-group features (B, G, d) of the encoder pass, (B, G, 2d) = [x; c] for a CVAE; they
+        do not depend on z."""
+        self.check_condition(condition)
+        return input_ids.new_zeros((input_ids.shape[0], 0, self.feature_size), dtype=torch.float)
+
+    @property
+    def feature_size(self) -> int:
+        return self.backbone.n_embd * (2 if self.conditional else 1)
+
+    def check_condition(self, condition: Condition | None) -> None:
+        """A CVAE needs its condition in every pass; an unconditional model takes none."""
+        if self.conditional and condition is None:
+            raise ValueError(f"model {self.registry_name!r} is conditional: pass the batch's condition (source)")
+        if not self.conditional and condition is not None:
+            raise ValueError(f"model {self.registry_name!r} is unconditional: it takes no condition")
+
+    def split_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[x; c] -> (x, c) for a CVAE, (x, None) otherwise."""
+        if not self.conditional:
+            return features, None
+        x, c = features.chunk(2, dim=-1)
+        return x, c
 
     def sample_posterior(self, features: torch.Tensor, k: int) -> Posterior:
         B = features.shape[0]
@@ -134,7 +189,10 @@ class LatentModel(nn.Module):
         return Posterior(z=features.new_zeros((k, B, 0, 0)), log_q=empty, log_p=empty, kl=empty,
                          mean=features.new_zeros((k, B, 0, 0)), logvar=features.new_zeros((k, B, 0, 0)))
 
-    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_prior(self, n: int, generator: torch.Generator | None = None,
+                     condition: Condition | None = None) -> torch.Tensor:
+        """n latents (n, G, p) from the prior, p(z | c) for a CVAE (the condition's n rows)."""
+        self.check_condition(condition)
         return torch.zeros(n, 0, 0, device=self.device)
 
     def log_q_matrix(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -155,18 +213,31 @@ class LatentModel(nn.Module):
         return self.lm_head(hidden)
 
     def decode(self, input_ids: torch.Tensor, z: torch.Tensor, cache: KVCache | None = None,
-               use_cache: bool = False) -> tuple[torch.Tensor, KVCache | None]:
-        """Causal pass with z injected: logits (N, T, V) and the updated KV cache."""
+               use_cache: bool = False, condition: Condition | None = None) -> tuple[torch.Tensor, KVCache | None]:
+        """Causal pass with z injected: logits (N, T, V) and the updated KV cache. The GPT-2 CVAE
+        reads its source as the sequence's prefix, so `condition` is not needed here."""
         out = self.backbone(input_ids, causal=True, cache=cache, inject=self.injection(z), use_cache=use_cache)
         return self.output_logits(out.hidden, z), out.cache
 
-    def token_nll(self, input_ids: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """-log p(x | z) per sentence (N,), summed over the predicted tokens (all but <s>)."""
-        out = self.backbone(input_ids, causal=True, inject=self.injection(z))
-        logits = self.output_logits(out.hidden[:, :-1], z).float()  # the last position predicts nothing; fp32 CE
+    @staticmethod
+    def predicted_mask(mask: torch.Tensor, condition: Condition | None) -> torch.Tensor:
+        """(N, T-1): which next tokens enter the loss: every real token after the first, and for a
+        CVAE only those from the target's first token on."""
+        predicted = mask[:, 1:]
+        if condition is None:
+            return predicted
+        positions = torch.arange(1, mask.shape[1], device=mask.device)[None, :]
+        return predicted * (positions >= condition.target_start[:, None])
+
+    def token_nll(self, input_ids: torch.Tensor, mask: torch.Tensor, z: torch.Tensor,
+                  condition: Condition | None = None) -> torch.Tensor:
+        """-log p(x | z[, c]) per sentence (N,), summed over the predicted tokens (all but <s>;
+        the target only, for a CVAE)."""
+        logits, _ = self.decode(input_ids, z, condition=condition)
+        logits = logits[:, :-1].float()  # the last position predicts nothing; fp32 CE under bf16 autocast
         N, T, V = logits.shape
         ce = F.cross_entropy(logits.reshape(N * T, V), input_ids[:, 1:].reshape(N * T), reduction="none")
-        return (ce.view(N, T) * mask[:, 1:]).sum(1)
+        return (ce.view(N, T) * self.predicted_mask(mask, condition)).sum(1)
 
     # --- training objective --------------------------------------------------------------------
     def aggregate_kl(self, kl: torch.Tensor) -> torch.Tensor:
@@ -176,22 +247,33 @@ class LatentModel(nn.Module):
             kl = kl.clamp(min=threshold)
         return kl.sum(-1)
 
-    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, beta: float) -> LossOutput:
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, beta: float,
+                condition: Condition | None = None) -> LossOutput:
         """The training objective, so DistributedDataParallel can wrap any model."""
-        return self.loss(input_ids, mask, beta)
+        return self.loss(input_ids, mask, beta, condition)
 
-    def loss(self, input_ids: torch.Tensor, mask: torch.Tensor, beta: float) -> LossOutput:
-        post = self.sample_posterior(self.encode(input_ids, mask), k=1)
+    def loss(self, input_ids: torch.Tensor, mask: torch.Tensor, beta: float,
+             condition: Condition | None = None) -> LossOutput:
+        post = self.sample_posterior(self.encode(input_ids, mask, condition), k=1)
         z, kl = post.z[0], post.kl[0]
-        ce = self.token_nll(input_ids, mask, z)
-        bow = self.bow_loss(input_ids, mask, z)
+        ce = self.token_nll(input_ids, mask, z, condition)
+        predicted = self.predicted_mask(mask, condition)
+        bow = self.bow_loss(input_ids, predicted, z)
         total = ce + beta * self.aggregate_kl(kl)
         if bow is not None:
             total = total + self.config.bow_weight * bow
-        return LossOutput(loss=total.mean(), ce=ce, kl=kl, bow=bow, n_tokens=mask[:, 1:].sum(1))
+        return LossOutput(loss=total.mean(), ce=ce, kl=kl, bow=bow, n_tokens=predicted.sum(1))
 
-    def bow_loss(self, input_ids, mask, z) -> torch.Tensor | None:
-        return None
+    def bow_loss(self, input_ids, predicted, z) -> torch.Tensor | None:
+        """The bag-of-words loss (reference §2.6) of a model with a `bow` head (config `use_bow`):
+        -sum_t log softmax(head(W z_top))[x_t] over the predicted tokens (predicted (N, T-1), the loss
+        mask of input_ids[:, 1:]). The LM head is the plain one, without a paradigm's own use of z."""
+        bow = getattr(self, "bow", None)
+        if bow is None:
+            return None
+        logits = LatentModel.output_logits(self, bow(z[:, -1])[:, None, :], z)[:, 0]  # (N, V)
+        logp = logits.log_softmax(-1).gather(1, input_ids[:, 1:])  # (N, T-1)
+        return -(logp * predicted).sum(1)
 
     # --- persistence -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
@@ -200,7 +282,8 @@ class LatentModel(nn.Module):
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
         meta = {"model": self.registry_name, "model_args": dataclasses.asdict(self.config),
-                "gpt2_config": self.backbone.gpt2.config.to_dict(), "vocab": dataclasses.asdict(self.vocab)}
+                "backbone": backbone_architecture(self.backbone), "vocab": dataclasses.asdict(self.vocab),
+                "conditional": self.conditional}
         atomic_write_json(tmp / "config.json", meta)
         atomic_write_binary(tmp / "model.pt", lambda f: torch.save(self.state_dict(), f))
         replace_dir(tmp, directory)
@@ -208,17 +291,59 @@ class LatentModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "LatentModel":
         meta = json.loads((Path(directory) / "config.json").read_text())
+        # checkpoints written before the BART backbone hold only "gpt2_config"
+        backbone = meta.get("backbone") or {"kind": "gpt2", "config": meta["gpt2_config"]}
+        if backbone["kind"] == "bart":
+            architecture = {"bart_config": BartConfig.from_dict(backbone["config"])}
+        else:
+            architecture = {"gpt2_config": GPT2Config.from_dict(backbone["config"])}
         model = build_model(meta["model"], meta["model_args"], vocab=Vocab(**meta["vocab"]),
-                            gpt2_config=GPT2Config.from_dict(meta["gpt2_config"]))
+                            conditional=meta.get("conditional", False), **architecture)
         model.load_state_dict(torch.load(Path(directory) / "model.pt", map_location=map_location))
         return model
 
 
+def backbone_architecture(backbone: Backbone | BartBackbone) -> dict[str, Any]:
+    """{"kind", "config"}: what rebuilds the backbone's exact shape (its HF config) for loading."""
+    if isinstance(backbone, BartBackbone):
+        return {"kind": "bart", "config": backbone.bart.config.to_dict()}
+    return {"kind": "gpt2", "config": backbone.gpt2.config.to_dict()}
+
+
+# A registered model -> its version on the BART backbone (della/models/bart.py fills it); a model
+# that runs on BART only (the plain `bart`) maps to itself.
+BART_VERSIONS: dict[type[LatentModel], type[LatentModel]] = {}
+
+
+def runs_on(name: str, kind: str) -> bool:
+    """Whether registered model `name` has a version on a backbone of `kind` (gpt2 | bart)."""
+    cls = MODELS.get(name)
+    return cls in BART_VERSIONS if kind == "bart" else cls not in BART_VERSIONS.values()
+
+
+def model_class(name: str, kind: str) -> type[LatentModel]:
+    """The class of registered model `name` on a backbone of `kind`: on bart, its BART version."""
+    if not runs_on(name, kind):
+        if kind == "bart":
+            with_bart = sorted(cls.registry_name for cls in BART_VERSIONS)
+            raise ValueError(f"model {name!r} has no version on backbone.kind = bart; models with one: {with_bart}")
+        raise ValueError(f"model {name!r} runs on BART only: it needs backbone.kind = bart")
+    cls = MODELS.get(name)
+    return BART_VERSIONS[cls] if kind == "bart" else cls
+
+
 def build_model(name: str, model_args: dict[str, Any], vocab: Vocab,
                 backbone_config: BackboneConfig | None = None,
-                gpt2_config: GPT2Config | None = None) -> LatentModel:
-    """Build a registered model on a fresh (or pretrained) GPT-2 backbone."""
-    cls = MODELS.get(name)
+                gpt2_config: GPT2Config | None = None, conditional: bool = False,
+                bart_config: BartConfig | None = None) -> LatentModel:
+    """Build a registered model on a fresh (or pretrained) backbone of `backbone_config.kind`, or on
+    the exact architecture of a saved one (`gpt2_config` or `bart_config`, its weights loaded
+    after); on BART the model's BART version. `conditional`: its CVAE."""
+    if gpt2_config is not None and bart_config is not None:
+        raise ValueError("build_model: give gpt2_config or bart_config, not both")
+    backbone_config = backbone_config or BackboneConfig()
+    kind = "bart" if bart_config is not None else "gpt2" if gpt2_config is not None else backbone_config.kind
+    cls = model_class(name, kind)
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     unknown = sorted(set(model_args) - fields)
     if unknown:
@@ -226,7 +351,10 @@ def build_model(name: str, model_args: dict[str, Any], vocab: Vocab,
     config = cls.config_class(**model_args)
     if gpt2_config is not None:
         backbone = Backbone(GPT2Model(gpt2_config))
+    elif bart_config is not None:
+        backbone = BartBackbone(BartModel(bart_config))
     else:
-        backbone = Backbone.build(backbone_config or BackboneConfig(), vocab.size, bos_token_id=vocab.bos_id,
-                                  eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id)
-    return cls(config, backbone, vocab)
+        builder = BartBackbone if kind == "bart" else Backbone
+        backbone = builder.build(backbone_config, vocab.size, bos_token_id=vocab.bos_id,
+                                 eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id)
+    return cls(config, backbone, vocab, conditional=conditional)

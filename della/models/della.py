@@ -20,6 +20,12 @@ default: `fusion: add` (−LTP), `shared_latent` (−LW), `recurrence: false` (S
 layer infers z_l from x; every other layer draws z_l from its conditional prior p(z_l | z_<l), in
 training and evaluation alike (q = p, so its KL term is 0): the recurrence stays and one KL term is
 optimised, and the ELBO, KL, MI and AU stay those of the whole model, as in the paper's Table 4.
+
+As a CVAE (reference §5, the official code): the condition is pooled per latent layer by an extra
+encoder pass over the source, c_l, and the prior of layer l takes [h_l; c_l], written here as
+W_p h_l + W_c c_l with W_c a Linear without bias (so W_c = 0 gives the unconditional prior, and
+the first layer's standard prior becomes N(W_c c_b)). The posterior is unchanged: x^(l) is pooled
+over source + target, so the condition reaches it through the encoder's input.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ import torch
 from torch import nn
 
 from della.models.backbone import Injection
-from della.models.base import (MODELS, POOLING_KINDS, LatentModel, Posterior, build_pooling, gaussian_kl,
-                               gaussian_log_density)
+from della.models.base import (MODELS, POOLING_KINDS, Condition, LatentModel, Posterior, build_pooling,
+                               gaussian_kl, gaussian_log_density)
 from della.models.bn_vae import PosteriorMeanBatchNorm
 
 KL_LAYERS = {"all": slice(None), "first": slice(0, 1), "last": slice(-1, None)}  # groups with a posterior
@@ -146,9 +152,13 @@ class AdditiveFusion(nn.Module):
     def latent_factor(self, z: torch.Tensor) -> torch.Tensor:
         return self.latent(z)
 
+    def forward(self, v: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """V (N, T, d) -> V' = V + W z (N, T, d)."""
+        return v + factor[:, None, :]
+
     def project(self, h: torch.Tensor, c_attn, factor: torch.Tensor):
         q, k, v = c_attn(h).split(h.shape[-1], dim=2)
-        return q, k, v + factor[:, None, :]
+        return q, k, self(v, factor)
 
 
 @MODELS.register("della")
@@ -157,8 +167,8 @@ class Della(LatentModel):
     registry_name = "della"
     paper_name = "DELLA"  # the row label of the paper's tables
 
-    def __init__(self, config: DellaConfig, backbone, vocab):
-        super().__init__(config, backbone, vocab)
+    def __init__(self, config: DellaConfig, backbone, vocab, conditional: bool = False):
+        super().__init__(config, backbone, vocab, conditional)
         L, d, p = backbone.n_layer, backbone.n_embd, config.latent_size
         end = L - 1 if config.end_layer is None else config.end_layer
         if not 0 <= config.begin_layer <= end < L:
@@ -180,12 +190,24 @@ class Della(LatentModel):
         self.bow = _linear(p, d) if config.use_bow else None
         self.bn = (None if config.bn_gamma is None
                    else nn.ModuleList(PosteriorMeanBatchNorm(p, config.bn_gamma) for _ in range(G)))
+        if conditional:
+            self.condition_pool = nn.ModuleList(build_pooling(config.pool, d) for _ in range(G))
+            self.prior_condition = nn.ModuleList(_linear(d, 2 * p, bias=False) for _ in range(G))
 
     # --- encoder side ----------------------------------------------------------------------------
-    def encode(self, input_ids, mask):
+    def encode(self, input_ids, mask, condition=None):
+        self.check_condition(condition)
+        x = self._pooled_layers(self.pool, input_ids, mask)
+        return x if condition is None else torch.cat([x, self.encode_condition(condition)], -1)
+
+    def encode_condition(self, condition: Condition) -> torch.Tensor:
+        """c_l (B, G, d): the source's encoder pass, pooled per latent layer."""
+        return self._pooled_layers(self.condition_pool, condition.ids, condition.mask)
+
+    def _pooled_layers(self, pools, input_ids, mask) -> torch.Tensor:
         out = self.backbone(input_ids, mask, causal=False, return_layers=True, final_norm=False)
         pool_mask = mask if self.config.pool_mask else None
-        return torch.stack([pool(out.layers[l], pool_mask) for pool, l in zip(self.pool, self.latent_layers)], 1)
+        return torch.stack([pool(out.layers[l], pool_mask) for pool, l in zip(pools, self.latent_layers)], 1)
 
     def _is_root(self, g: int) -> bool:
         """Whether group g starts a chain: the first one, or every one without the recurrence."""
@@ -206,11 +228,12 @@ class Della(LatentModel):
         mean, logvar = params.chunk(2, dim=-1)
         return mean, logvar
 
-    def _posterior_params(self, g: int, params: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _posterior_params(self, g: int, params: torch.Tensor, h: torch.Tensor,
+                          c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Group g's posterior mean and log-variance from its [mu; log s2] (..., 2p) and the path's
         summary h (broadcastable to it); a group outside kl_layers has the prior's, q = p(z_g | z_<g)."""
         if g not in self.inferred:
-            mean, logvar = self._prior_params(g, h)
+            mean, logvar = self._prior_params(g, h, c)
             shape = (*params.shape[:-1], self.latent_size)
             return mean.expand(shape), logvar.expand(shape)
         mean, logvar = self._split(params)
@@ -218,21 +241,28 @@ class Della(LatentModel):
             mean = self.bn[g](mean)
         return mean, logvar
 
-    def _prior_params(self, g: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._is_root(g) and self.config.first_prior == "standard":
-            return torch.zeros_like(h), torch.zeros_like(h)
-        return self._split(self.prior[g](h))
+    def _prior_params(self, g: int, h: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(z_g | z_<g [, c_g]); c (..., G, d) broadcastable to h, or None (unconditional)."""
+        standard_root = self._is_root(g) and self.config.first_prior == "standard"
+        if c is None:
+            if standard_root:
+                return torch.zeros_like(h), torch.zeros_like(h)
+            return self._split(self.prior[g](h))
+        params = self.prior_condition[g](c[..., g, :])
+        return self._split(params if standard_root else self.prior[g](h) + params)
 
     def sample_posterior(self, features, k):
-        B, G, _ = features.shape
-        from_x = torch.stack([self.recog_x[g](features[:, g]) for g in range(G)], 1)  # (B, G, 2p)
+        x, c = self.split_features(features)
+        B, G, _ = x.shape
+        from_x = torch.stack([self.recog_x[g](x[:, g]) for g in range(G)], 1)  # (B, G, 2p)
         from_x = from_x.repeat(k, 1, 1)  # (K*B, G, 2p), sample-major
-        h = z = features.new_zeros((k * B, self.latent_size))
+        c = None if c is None else c.repeat(k, 1, 1)
+        h = z = x.new_zeros((k * B, self.latent_size))
         out = {key: [] for key in ("z", "log_q", "log_p", "kl", "mean", "logvar")}
         for g in range(G):
             h = self._summary(g, h, z)
-            qm, ql = self._posterior_params(g, from_x[:, g] + self.recog_h[g](h), h)
-            pm, pl = self._prior_params(g, h)
+            qm, ql = self._posterior_params(g, from_x[:, g] + self.recog_h[g](h), h, c)
+            pm, pl = self._prior_params(g, h, c)
             z = qm + torch.exp(0.5 * ql) * torch.randn_like(qm)
             for key, value in (("z", z), ("mean", qm), ("logvar", ql), ("kl", gaussian_kl(qm, ql, pm, pl)),
                                ("log_q", gaussian_log_density(z, qm, ql)),
@@ -249,26 +279,29 @@ class Della(LatentModel):
         return torch.stack(hs, 1)
 
     def log_q_matrix(self, z, features, chunk: int = 64):
+        features, c = self.split_features(features)
         from_x = torch.stack([self.recog_x[g](features[:, g]) for g in range(self.n_groups)], 1)  # (N, G, 2p)
         hs = self._summaries(z)
         from_h = torch.stack([self.recog_h[g](hs[:, g]) for g in range(self.n_groups)], 1)  # (M, G, 2p)
         rows = []
         for i in range(0, z.shape[0], chunk):  # (m, N, G, 2p) at a time keeps memory bounded
             params = from_h[i:i + chunk, None] + from_x[None]
-            mean, logvar = zip(*(self._posterior_params(g, params[..., g, :], hs[i:i + chunk, None, g])
+            mean, logvar = zip(*(self._posterior_params(g, params[..., g, :], hs[i:i + chunk, None, g], c)
                                  for g in range(self.n_groups)))
             mean, logvar = torch.stack(mean, -2), torch.stack(logvar, -2)
             rows.append(gaussian_log_density(z[i:i + chunk, None], mean, logvar).sum(-1))
         return torch.cat(rows)
 
-    def sample_prior(self, n, generator=None):
-        """Ancestral sampling, layer by layer: z_l ~ p(z_l | z_<l)."""
+    def sample_prior(self, n, generator=None, condition=None):
+        """Ancestral sampling, layer by layer: z_l ~ p(z_l | z_<l [, c_l])."""
+        self.check_condition(condition)
+        c = None if condition is None else self.encode_condition(condition)
         p = self.latent_size
         h = z = torch.zeros(n, p, device=self.device)
         zs = []
         for g in range(self.n_groups):
             h = self._summary(g, h, z)
-            mean, logvar = self._prior_params(g, h)
+            mean, logvar = self._prior_params(g, h, c)
             eps = torch.randn(n, p, generator=generator, device=self.device)
             z = mean + torch.exp(0.5 * logvar) * eps
             zs.append(z)
@@ -286,10 +319,3 @@ class Della(LatentModel):
         if self.config.kl_threshold > 0:
             kl = kl.clamp(min=self.config.kl_threshold)
         return kl.sum(-1) if self.config.kl_aggregate == "sum" else kl.mean(-1)
-
-    def bow_loss(self, input_ids, mask, z):
-        if self.bow is None:
-            return None
-        logits = self.output_logits(self.bow(z[:, -1])[:, None, :], z)[:, 0]  # (N, V), top latent only
-        logp = logits.log_softmax(-1).gather(1, input_ids[:, 1:])  # (N, T-1)
-        return -(logp * mask[:, 1:]).sum(1)

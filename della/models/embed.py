@@ -12,8 +12,8 @@ class EmbedVAE(SingleLatentVAE):
     registry_name = "embed"
     paper_name = "Embed"  # the row label of the paper's tables
 
-    def __init__(self, config, backbone, vocab):
-        super().__init__(config, backbone, vocab)
+    def __init__(self, config, backbone, vocab, **kwargs):
+        super().__init__(config, backbone, vocab, **kwargs)
         self.latent_to_embedding = self.latent_projection(backbone.n_embd)
 
     def injection(self, z):

@@ -14,8 +14,8 @@ class MemoryVAE(SingleLatentVAE):
     registry_name = "memory"
     paper_name = "Memory"  # the row label of the paper's tables
 
-    def __init__(self, config, backbone, vocab):
-        super().__init__(config, backbone, vocab)
+    def __init__(self, config, backbone, vocab, **kwargs):
+        super().__init__(config, backbone, vocab, **kwargs)
         self.latent_to_memory = self.latent_projection(backbone.n_layer * backbone.n_embd)
 
     def injection(self, z):

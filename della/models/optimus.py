@@ -74,11 +74,11 @@ class OptimusVAE(SingleLatentVAE):
     config_class = OptimusConfig
     registry_name = "optimus"
     paper_name = "Optimus"  # the row label of the paper's tables
-    paper_name = "Optimus"  # the row label of the paper's tables
+    supports_condition = False  # not among the paper's conditional models (Tables 2, 9)
 
-    def __init__(self, config: OptimusConfig, backbone: Backbone, vocab: Vocab):
+    def __init__(self, config: OptimusConfig, backbone: Backbone, vocab: Vocab, conditional: bool = False):
         # skip SingleLatentVAE.__init__ (its pooling and biased head); inherit its posterior maths
-        LatentModel.__init__(self, config, backbone, vocab)
+        LatentModel.__init__(self, config, backbone, vocab, conditional)
         self.latent_size = config.latent_size
         if config.encoder_pretrained:
             self.encoder = pretrained_bert(config.encoder_pretrained, vocab, backbone.n_embd)
@@ -89,7 +89,7 @@ class OptimusVAE(SingleLatentVAE):
         self.latent_to_embedding = self.latent_projection(backbone.n_embd)
         self.latent_to_memory = self.latent_projection(backbone.n_layer * backbone.n_embd)
 
-    def encode(self, input_ids, mask):
+    def encode(self, input_ids, mask, condition=None):
         limit = self.encoder.config.max_position_embeddings
         if input_ids.shape[1] > limit:
             raise ValueError(f"sequence of {input_ids.shape[1]} tokens exceeds the BERT encoder's {limit} "
@@ -103,7 +103,7 @@ class OptimusVAE(SingleLatentVAE):
         m = self.latent_to_memory(z[:, 0]).view(N, self.backbone.n_layer, H, 1, -1)
         return [(m[:, layer], m[:, layer]) for layer in range(self.backbone.n_layer)]
 
-    def decode(self, input_ids, z, cache=None, use_cache=False):
+    def decode(self, input_ids, z, cache=None, use_cache=False, condition=None):
         """The memory enters as the first call's past (a later call's cache already holds it)."""
         if cache is None:
             if input_ids.shape[1] + 1 > self.backbone.n_positions:
@@ -115,7 +115,7 @@ class OptimusVAE(SingleLatentVAE):
                             inject=Injection(embed=self.latent_to_embedding(z[:, 0])), use_cache=use_cache)
         return self.output_logits(out.hidden, z), out.cache
 
-    def token_nll(self, input_ids, mask, z):
+    def token_nll(self, input_ids, mask, z, condition=None):
         logits, _ = self.decode(input_ids[:, :-1], z)  # the last token predicts nothing
         target = input_ids[:, 1:]
         ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")

@@ -12,8 +12,8 @@ class SoftmaxVAE(SingleLatentVAE):
     registry_name = "softmax"
     paper_name = "Softmax"  # the row label of the paper's tables
 
-    def __init__(self, config, backbone, vocab):
-        super().__init__(config, backbone, vocab)
+    def __init__(self, config, backbone, vocab, **kwargs):
+        super().__init__(config, backbone, vocab, **kwargs)
         self.latent_to_hidden = self.latent_projection(backbone.n_embd)
 
     def output_logits(self, hidden, z):

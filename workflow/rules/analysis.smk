@@ -1,6 +1,7 @@
 # The paper's analyses that need no extra training: Table 7 (statistics of the prepared datasets)
 # and Fig. 3 (greedy text along the line between the posterior means of the first two test
-# sentences, for every model with a latent). Cheap: local rules.
+# sentences, for every model with a latent). Both read sentence (lm) datasets only: `data-stats`
+# and `interpolate` take {split}.txt. Cheap: local rules.
 
 
 def latent_models():
@@ -12,8 +13,8 @@ def latent_models():
 
 rule table7:
     input:
-        data=expand(results("data/{dataset}/train.txt"), dataset=DATASETS),
-        tokenizers=expand(results("tokenizers/{dataset}/tokenizer-info.json"), dataset=DATASETS),
+        data=expand(results("data/{dataset}/train.txt"), dataset=LM_DATASETS),
+        tokenizers=expand(results("tokenizers/{dataset}/tokenizer-info.json"), dataset=LM_DATASETS),
     output:
         **table_outputs("table7"),
     params:
@@ -57,7 +58,7 @@ def della_entries():
 
 rule layer_sweep:
     input:
-        expand(f"{RUN_DIR}/eval.json", dataset=DATASETS, model=della_entries(), seed=SEEDS),
+        every_run(f"{RUN_DIR}/eval.json", models=della_entries()),
     output:
         report(results("figures/layer_sweep.svg"), caption="../report/layer_sweep.rst", category="Figures"),
     log:

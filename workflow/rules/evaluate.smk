@@ -4,7 +4,7 @@
 rule evaluate:
     input:
         run=f"{RUN_DIR}/run.json",
-        test=results("data/{dataset}/test.txt"),
+        test=test_split,
     output:
         f"{RUN_DIR}/eval.json",
     params:
@@ -41,7 +41,8 @@ rule generate:
 rule text_metrics:
     input:
         samples=f"{RUN_DIR}/samples.txt",
-        references=results("data/{dataset}/test.txt"),
+        references=test_split,  # test.jsonl: the targets (metrics/inputs.py reads its field `target`)
+        mauve_features=feature_lm_input,
     output:
         f"{RUN_DIR}/metrics.json",
     params:
@@ -54,3 +55,20 @@ rule text_metrics:
     shell:
         "python -m metrics compute --samples {input.samples} --references {input.references}"
         " {params.metric_args} --threads {threads} --out {output} > {log} 2>&1"
+
+
+# MAUVE's features on a sentence dataset (config `mauve_encoder: lm`): the dataset's own plain
+# GPT-2 LM, exported as a Hugging Face directory that metrics/encoders.py loads offline.
+rule feature_lm:
+    input:
+        lambda wildcards: f"{feature_lm_run(wildcards.dataset)}/run.json",
+    output:
+        results("encoders/{dataset}/della-export.json"),
+    params:
+        run_dir=lambda wildcards, input: str(Path(input[0]).parent),
+        out=lambda wildcards, output: str(Path(output[0]).parent),
+    log:
+        logs("feature_lm/{dataset}.log"),
+    localrule: True
+    shell:
+        "python -m della export-lm --run {params.run_dir} --out {params.out} > {log} 2>&1"

@@ -1,19 +1,24 @@
-# The human reference row of each dataset: the text metrics of human text, scored exactly as a
-# run's samples are (the validation split as "samples", as many as a run generates, against the
-# test split). `python -m della aggregate` reads it as the row "Human".
+# The human reference row of each sentence dataset: the text metrics of human text, scored exactly as
+# a run's samples are (the validation split as "samples", as many as a run generates, against the
+# test split). `python -m della aggregate` reads it as the row "Human". A conditional dataset has
+# none (the paper's Tables 2 and 9 print none; a validation target has no test pair to be scored against).
 
 
 def human_sample_count(wildcards):
-    """generate.n_samples of the dataset's runs (the first model's, as resolved for its runs)."""
-    return resolve_run_config(config, wildcards.dataset, MODELS[0], SEEDS[0])["generate"]["n_samples"]
+    """generate.n_samples of the dataset's runs (its first model's, as resolved for its runs)."""
+    model = dataset_models(config, wildcards.dataset)[0]
+    return resolve_run_config(config, wildcards.dataset, model, SEEDS[0])["generate"]["n_samples"]
 
 
 rule human_metrics:
     input:
         samples=results("data/{dataset}/valid.txt"),
         references=results("data/{dataset}/test.txt"),
+        mauve_features=feature_lm_input,  # the same MAUVE features as the runs' rows
     output:
         HUMAN_METRICS,
+    wildcard_constraints:
+        dataset=one_of(LM_DATASETS),
     params:
         metric_args=text_metrics_args,
         n_samples=human_sample_count,

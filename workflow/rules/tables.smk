@@ -12,17 +12,23 @@ from della.tables import PAPER_DIR, PAPER_TABLES, TABLES
 TABLES_CODE = str(REPO / "della" / "tables.py")
 
 
-def table_args(paper_rows):
-    """Row labels (config `label`, else the model's paper name), and the paper's rows if asked for."""
+def table_args(models, datasets, paper_rows):
+    """Row labels of `models` (config `label`, else the model's paper name), the rows of each dataset
+    (the models that run on it), and the paper's rows if asked for (with the `tables.paper_datasets`
+    names of `datasets`)."""
     args = []
-    for name, entry in config["models"].items():
+    for dataset in datasets:
+        args += ["--dataset-models", f"{dataset}={','.join(dataset_models(config, dataset))}"]
+    for name in models:
+        entry = config["models"][name]
         args += ["--label", f"{name}={entry['label'] or default_label(entry['model'])}"]
         if paper_rows and paper_name(entry["model"]):
             args += ["--paper-model", f"{name}={paper_name(entry['model'])}"]
     if paper_rows:
         args.append("--paper")
         for dataset, paper_dataset in config["tables"]["paper_datasets"].items():
-            args += ["--paper-dataset", f"{dataset}={paper_dataset}"]
+            if dataset in datasets:
+                args += ["--paper-dataset", f"{dataset}={paper_dataset}"]
     return shlex.join(args)
 
 
@@ -40,8 +46,8 @@ rule aggregate:
 
 
 # One rule per table of config `tables.names` (layouts of della.tables.TABLES: table1, table4, ...),
-# named after it; table1 always, as cost_table below is made from it. Paper rows only where the
-# paper has that table.
+# named after it, over the datasets of its task (TABLE_TASK) and the models that run on them; table1
+# always, as cost_table below is made from it. Paper rows only where the paper has that table.
 for _table in dict.fromkeys(["table1", *config["tables"]["names"]]):
 
     rule:
@@ -57,9 +63,10 @@ for _table in dict.fromkeys(["table1", *config["tables"]["names"]]):
         params:
             table=_table,
             out_prefix=table_prefix,
-            datasets=",".join(DATASETS),
-            models=",".join(MODELS),
-            args=table_args(config["tables"]["paper_rows"] and _table in PAPER_TABLES),
+            datasets=",".join(table_datasets(_table)),
+            models=",".join(table_models(_table)),
+            args=table_args(table_models(_table), table_datasets(_table),
+                            config["tables"]["paper_rows"] and _table in PAPER_TABLES),
         log:
             logs(f"{_table}.log"),
         localrule: True
@@ -92,7 +99,7 @@ use rule table1 as cost_table with:
         out_prefix=table_prefix,
         datasets=",".join(DATASETS),
         models=",".join(MODELS),
-        args=table_args(paper_rows=False),
+        args=table_args(MODELS, DATASETS, paper_rows=False),
     log:
         logs("cost_table.log"),
 

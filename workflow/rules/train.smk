@@ -18,7 +18,7 @@ rule run_config:
 rule train:
     input:
         config=f"{RUN_DIR}/config.yaml",
-        data=multiext(results("data/{dataset}/"), "train.txt", "valid.txt"),
+        data=training_splits,  # {train,valid}.txt, or .jsonl on a conditional dataset
         tokenizer=results("tokenizers/{dataset}/tokenizer-info.json"),
     output:
         f"{RUN_DIR}/run.json",  # written last, after the final checkpoint

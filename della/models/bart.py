@@ -1,0 +1,167 @@
+"""The plain BART (Bart-base fine-tuned, no latent) and the BART versions of Embed, Memory, Softmax and DELLA.
+
+The models of the paper's BART-base rows (Table 2's CNN/DM block, Table 9's Quora block), all
+conditional (source -> target). `build_model` takes a registered model's BART version when
+`backbone.kind` is bart (`BART_VERSIONS`), so `embed`, `memory`, `softmax` and `della` keep their
+names and model_args. Each BART version is its GPT-2 class with a mixin in front that replaces only
+what touches the backbone: the encoder passes, the decoder pass with its hooks, and the LM head;
+the latent heads (posterior, prior, recurrence, KL, log q, prior sampling) are the GPT-2 class's own.
+
+Layout (della/data/conditional.py, layout bart): the decoder sequence is </s> <s> target </s> (HF's
+decoder start, then BART's labels) with target_start = 2, so the trivial <s> is never predicted;
+Condition.ids = <s> source </s> is the encoder input the decoder cross-attends to.
+
+- Condition c: the BART encoder over the source, pooled by the model's `pool` kind: its last layer
+  for Embed/Memory/Softmax, encoder layer l for DELLA's latent layer l (reference §5.1).
+- Posterior features x: the same encoder (shared weights, bidirectional) over <s> source </s> target
+  </s>, pooled the same way. Not the target alone: the GPT-2 classes' posterior heads read x only
+  (c feeds the prior), so, as in the GPT-2 CVAE and the official code (reference §5), the source
+  reaches q(z | x, c) through the encoder's input. Where source + target exceed the encoder's
+  positions, the source keeps its first tokens (the target is always whole).
+- Decoder hooks (BartBackbone): Embed adds W_e z to every decoder input embedding; Memory adds one
+  self-attention slot per decoder layer; Softmax adds W_s z to the final decoder states; DELLA fuses
+  z_l into the self-attention values of decoder layer l (Eq. 9), never the cross-attention.
+- The LM head is BART's tied head plus final_logits_bias (`tie_lm_head: false`: a fresh head, the
+  bias kept).
+
+DELLA on BART is a reconstruction (reference §5.1): the paper runs it but gives no mapping, and the
+official code has none.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from della.models.base import BART_VERSIONS, MODELS, Condition, LatentModel
+from della.models.bart_backbone import BartBackbone, DecoderInjection
+from della.models.della import Della
+from della.models.embed import EmbedVAE
+from della.models.gpt2 import GPT2LM
+from della.models.memory import MemoryVAE
+from della.models.softmax import SoftmaxVAE
+
+
+def bart_version_of(gpt2_class: type[LatentModel]):
+    """Register the decorated class as `gpt2_class`'s version on the BART backbone."""
+    def register(cls: type[LatentModel]) -> type[LatentModel]:
+        BART_VERSIONS[gpt2_class] = cls
+        return cls
+    return register
+
+
+class BartDecoding(LatentModel):
+    """Mixin: the decoder pass over BART, cross-attending to the encoder over the source."""
+
+    def __init__(self, config, backbone, vocab, conditional: bool = False):
+        if not isinstance(backbone, BartBackbone):
+            raise ValueError(f"model {self.registry_name!r}: its BART version needs backbone.kind = bart")
+        if not conditional:
+            raise ValueError(f"model {self.registry_name!r} on backbone.kind = bart is an encoder-decoder: "
+                             "it needs a conditional task (a source for its encoder)")
+        super().__init__(config, backbone, vocab, conditional=conditional)
+
+    def decode(self, input_ids, z, cache=None, use_cache=False, condition=None):
+        """The encoder runs over the source on the first step; later steps find its keys and values
+        in the cache."""
+        self.check_condition(condition)
+        encoder_hidden = None if cache is not None else self.backbone.encode(condition.ids, condition.mask).hidden
+        inject = self.decoder_injection(z)
+        out = self.backbone.decode(input_ids, encoder_hidden, condition.mask, cache=cache, inject=inject,
+                                   use_cache=use_cache)
+        return self.backbone.lm_logits(out.hidden, inject, head=self.lm_head), out.cache
+
+    def output_logits(self, hidden, z):
+        return self.backbone.lm_logits(hidden, self.decoder_injection(z), head=self.lm_head)
+
+    def decoder_injection(self, z: torch.Tensor) -> DecoderInjection:
+        """The GPT-2 model's embed / memory hooks, which BART's decoder takes as they are."""
+        inject = self.injection(z)
+        if inject.qkv:
+            raise NotImplementedError(f"model {self.registry_name!r}: GPT-2 QKV hooks have no BART form")
+        return DecoderInjection(embed=inject.embed, memory=inject.memory)
+
+
+class BartEncoding(BartDecoding):
+    """Mixin: posterior features and condition from the BART encoder (module docstring)."""
+
+    def encode(self, input_ids, mask, condition=None):
+        self.check_condition(condition)
+        ids, pair_mask = self.source_and_target(input_ids, mask, condition)
+        return torch.cat([self.encoder_features(self.pool, ids, pair_mask), self.encode_condition(condition)], -1)
+
+    def encode_condition(self, condition: Condition) -> torch.Tensor:
+        return self.encoder_features(self.condition_pool, condition.ids, condition.mask)
+
+    def encoder_features(self, pools, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, G, d): the encoder pass over ids, pooled per latent group."""
+        raise NotImplementedError
+
+    def source_and_target(self, input_ids, mask, condition: Condition) -> tuple[torch.Tensor, torch.Tensor]:
+        """<s> source </s> target </s>, right-padded: the condition's tokens, then the decoder
+        sequence's from target_start on; the source keeps only its first tokens where the pair
+        exceeds the encoder's positions."""
+        target = mask * (torch.arange(mask.shape[1], device=mask.device) >= condition.target_start[:, None])
+        room = self.backbone.n_positions - target.sum(1, keepdim=True)
+        source = condition.mask * (torch.arange(condition.mask.shape[1], device=mask.device) < room)
+        keep = torch.cat([source, target], 1).long()
+        order = torch.argsort(keep, dim=1, descending=True, stable=True)  # kept tokens first, in order
+        length = int(keep.sum(1).max())
+        ids = torch.cat([condition.ids, input_ids], 1).gather(1, order[:, :length])
+        return ids, keep.gather(1, order[:, :length])
+
+
+class BartSingleLatent(BartEncoding):
+    """Mixin: x and c pooled from the encoder's last layer."""
+
+    def encoder_features(self, pool, ids, mask):
+        return pool(self.backbone.encode(ids, mask).hidden, mask)[:, None, :]
+
+
+@MODELS.register("bart")
+class BartLM(BartDecoding, GPT2LM):
+    registry_name = "bart"
+    paper_name = "Bart-base"  # the row label of the paper's Tables 2 and 9
+
+
+BART_VERSIONS[BartLM] = BartLM  # runs on BART only (the GPT-2 LM `gpt2` has no BART version)
+
+
+@bart_version_of(EmbedVAE)
+class BartEmbedVAE(BartSingleLatent, EmbedVAE):
+    pass
+
+
+@bart_version_of(MemoryVAE)
+class BartMemoryVAE(BartSingleLatent, MemoryVAE):
+    pass
+
+
+@bart_version_of(SoftmaxVAE)
+class BartSoftmaxVAE(BartSingleLatent, SoftmaxVAE):
+    def decoder_injection(self, z):
+        return DecoderInjection(softmax=self.latent_to_hidden(z[:, 0]))
+
+
+@bart_version_of(Della)
+class BartDella(BartEncoding, Della):
+    """Encoder layer l gives x^(l) and c_l; decoder layer l's self-attention values take z_l."""
+
+    def __init__(self, config, backbone, vocab, conditional: bool = False):
+        super().__init__(config, backbone, vocab, conditional=conditional)
+        if backbone.n_encoder_layer != backbone.n_layer:
+            raise ValueError(f"model 'della' on BART pairs encoder layer l with decoder layer l: the backbone has "
+                             f"{backbone.n_encoder_layer} encoder and {backbone.n_layer} decoder layers")
+
+    def encoder_features(self, pools, ids, mask):
+        out = self.backbone.encode(ids, mask, return_layers=True)
+        pool_mask = mask if self.config.pool_mask else None
+        return torch.stack([pool(out.layers[l], pool_mask) for pool, l in zip(pools, self.latent_layers)], 1)
+
+    def decoder_injection(self, z):
+        values = {}
+        for i, (layer, fusion) in enumerate(zip(self.layers, self.fusion)):
+            g = 0 if self.config.shared_latent else i
+            values[layer] = functools.partial(fusion, factor=fusion.latent_factor(z[:, g]))
+        return DecoderInjection(values=values)
