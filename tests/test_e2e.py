@@ -9,6 +9,7 @@ import math
 import pytest
 import yaml
 
+from della.config import dataset_task
 from tests.conftest import REPO, read_table, snakemake
 from tests.test_report import check_report
 
@@ -84,7 +85,7 @@ def test_cost_table_has_every_model(default_dag):
 def test_embedded_default_renders_table2_with_real_numbers_for_the_gpt2_and_bart_cvaes(default_dag):
     with open(default_dag / "results/default/tables/table2.csv", newline="") as f:
         rows = [row for row in csv.DictReader(f) if row["kind"] == "model"]
-    conditional = {name: d for name, d in DEFAULT["datasets"].items() if d["source"] == "synthetic-conditional"}
+    conditional = {name: d for name, d in DEFAULT["datasets"].items() if dataset_task(d) == "conditional"}
     assert [(r["dataset"], r["model"]) for r in rows] == [(d, m) for d, entry in conditional.items()
                                                           for m in entry["models"]]
     for row in rows:

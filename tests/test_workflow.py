@@ -51,7 +51,7 @@ def planned_jobs(config: dict) -> dict[str, int]:
     seeds = len(config["seeds"])
     runs = {name: [config["models"][m]["model"] for m in (d.get("models") or config["models"])]
             for name, d in config["datasets"].items()}
-    lm = [name for name, d in config["datasets"].items() if "conditional" not in d["source"]]
+    lm = [name for name, d in config["datasets"].items() if della_config.dataset_task(d) == "lm"]
     n_runs = seeds * sum(len(models) for models in runs.values())
     per_run = ("run_config", "train", "evaluate", "generate", "text_metrics", "learning_curves", "samples_page")
     once = ("aggregate", "aggregate_cost", "cost_table", "provenance", "table7", "human_reference_table")

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from della.config import CONDITIONAL_SOURCES
 from della.data import synthetic
 from della.io import atomic_write_json, md5sum, write_lines
 
@@ -261,7 +262,6 @@ def encode_pairs(pairs: list[Pair], tokenizer, max_length: int, path: str, layou
 
 
 # --- prepare-data hook ---------------------------------------------------------------------------
-SOURCES = ("jsonl", "hf-conditional", "synthetic-conditional")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -279,8 +279,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def check_args(args: argparse.Namespace) -> None:
     given = [f"--{name.replace('_', '-')}" for name in ("max_source_tokens", "max_target_tokens", "truncation_side")
              if getattr(args, name) is not None] + (["--wp-preprocess"] if args.wp_preprocess else [])
-    if args.source not in SOURCES and given:
-        raise ValueError(f"{', '.join(given)}: only for --source {' | '.join(SOURCES)}")
+    if args.source not in CONDITIONAL_SOURCES and given:
+        raise ValueError(f"{', '.join(given)}: only for --source {' | '.join(CONDITIONAL_SOURCES)}")
     if args.source != "hf-conditional" and (args.source_field or args.target_field):
         raise ValueError("--source-field/--target-field: only for --source hf-conditional")
 

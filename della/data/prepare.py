@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import della
+from della.config import CONDITIONAL_SOURCES
 from della.data import conditional, synthetic
 from della.data.corpus import LineScan, scan_lines
 from della.io import atomic_write_json, md5sum, write_lines
@@ -33,7 +34,7 @@ from della.io import atomic_write_json, md5sum, write_lines
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-SOURCES = ("synthetic", "dir", "hf", *conditional.SOURCES)
+SOURCES = ("synthetic", "dir", "hf", *CONDITIONAL_SOURCES)
 SYNTHETIC = ("synthetic", "synthetic-conditional")
 DEFAULT_SIZES = {"train": 3000, "valid": 300, "test": 300}
 
@@ -57,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     _check_args(args)
     sizes = {s: getattr(args, f"n_{s}") or DEFAULT_SIZES[s] for s in SPLITS}
-    if args.source in conditional.SOURCES:
+    if args.source in CONDITIONAL_SOURCES:
         conditional.run(args, _provenance(args), sizes)
         return
     attributes: dict[str, list[dict[str, str]]] = {}

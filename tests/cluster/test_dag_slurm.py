@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cluster_settings import PROFILE, REPO
+from della.config import dataset_task
 from slurm import LocalSlurm, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -24,7 +25,7 @@ def table1_config(workdir: Path) -> Path:
     """config/config.yaml without its conditional datasets (and the models only they run), still
     experiment `default`, so its Table 1 is the default's."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["datasets"] = {name: d for name, d in config["datasets"].items() if "conditional" not in d["source"]}
+    config["datasets"] = {name: d for name, d in config["datasets"].items() if dataset_task(d) == "lm"}
     kept = {m for d in config["datasets"].values() for m in d.get("models") or config["models"]}
     config["models"] = {name: m for name, m in config["models"].items() if name in kept}
     config.update(experiment="default", tables={"names": ["table1"]})
