@@ -49,7 +49,8 @@ def iw_batch(model: LatentModel, ids: torch.Tensor, mask: torch.Tensor, k: int,
              max_rows: int = 128, condition: Condition | None = None) -> BatchEstimates:
     """log p(x) ≈ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K, z_k ~ q(z|x);
     for a CVAE every term is conditioned on the source c, so it estimates log p(x | c).
-    The encoder runs once per sentence; only the tiny latent heads run per sample."""
+    The encoder runs once per sentence (and once per source); only the tiny latent heads run per sample."""
+    condition = model.encode_source(condition)
     features = model.encode(ids, mask, condition)
     post = model.sample_posterior(features, k)
     nll = reconstruction_nll(model, ids, mask, post.z, max_rows, condition)  # (K, B)

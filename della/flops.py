@@ -44,7 +44,7 @@ def cvae_floor(kind: str, n_layer: int, d: int, vocab: int, source: int, target:
     bart: the plain pass is the encoder over the source plus the decoder over the target (self- and
     cross-attention, 28 d^2 per token and layer, and 4 d^2 per source token and layer for the
     cross-attention keys and values); the CVAE adds the posterior's encoder pass over source +
-    target (its condition can reuse the source's encoder pass). Latent heads are left out."""
+    target (its condition reuses the source's encoder pass). Latent heads are left out."""
     def encoder(seq: int) -> float:  # a bidirectional pass without the LM head
         return seq * n_layer * (24 * d * d + 4 * seq * d)
 

@@ -196,6 +196,7 @@ def generate_continuations(model: LatentModel, tokenizer, split: EncodedSplit, c
     texts: list[str] = [""] * len(split.sequences)
     for idx in tqdm(prompt_batches(split, cfg.batch_size), desc=f"generate ({cfg.strategy})", unit="batch"):
         _, _, condition = collate_batch(split, idx, model.vocab.pad_id, model.device)
+        condition = model.encode_source(condition)  # the prior and the decoder share the source's encoder pass
         prompt = torch.tensor([split.sequences[i][: split.target_starts[i]] for i in idx], device=model.device)
         z = model.sample_prior(len(idx), generator=generator, condition=condition).to(model.device)
         rows = decode_rows(model, z, cfg, generator, prompt, condition)

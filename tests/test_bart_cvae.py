@@ -213,6 +213,27 @@ def test_only_target_tokens_and_their_eos_are_scored(name):
     torch.testing.assert_close(model.token_nll(ids, mask, z, cond), by_hand, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", BART_MODELS)
+@torch.no_grad()
+def test_one_encoder_pass_over_the_source_serves_prior_posterior_and_decoder(name, monkeypatch):
+    model = bart_model(name)
+    ids, mask, cond = bart_batch(seed=9)
+    passes = []
+    encode = model.backbone.encode
+    monkeypatch.setattr(model.backbone, "encode", lambda i, m=None, **kw: passes.append(i) or encode(i, m, **kw))
+    torch.manual_seed(0)
+    shared = model.loss(ids, mask, 1.0, cond)
+    n_shared = len(passes)  # the source once, and (latent models) the source + target pair for q(z | x, c)
+    assert n_shared == (1 if name == "bart" else 2) and passes[0] is cond.ids
+    torch.manual_seed(0)  # the same objective from passes that each run the encoder over the source
+    post = model.sample_posterior(model.encode(ids, mask, cond), k=1)
+    separate = model.token_nll(ids, mask, post.z[0], cond) + model.aggregate_kl(post.kl[0])
+    torch.testing.assert_close(shared.loss, separate.mean())
+    passes.clear()
+    iw_batch(model, ids, mask, k=6, max_rows=6, condition=cond)  # K = 6 samples, decoded 2 at a time
+    assert len(passes) == n_shared
+
+
 @torch.no_grad()
 def test_posterior_encoder_reads_source_then_target_and_keeps_the_target_whole():
     model = bart_model("embed")

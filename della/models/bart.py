@@ -12,7 +12,8 @@ decoder start, then BART's labels) with target_start = 2, so the trivial <s> is 
 Condition.ids = <s> source </s> is the encoder input the decoder cross-attends to.
 
 - Condition c: the BART encoder over the source, pooled by the model's `pool` kind: its last layer
-  for Embed/Memory/Softmax, encoder layer l for DELLA's latent layer l (reference §5.1).
+  for Embed/Memory/Softmax, encoder layer l for DELLA's latent layer l (reference §5.1). That one
+  pass also feeds the decoder's cross-attention (`encode_source`: once per batch, K samples included).
 - Posterior features x: the same encoder (shared weights, bidirectional) over <s> source </s> target
   </s>, pooled the same way. Not the target alone: the GPT-2 classes' posterior heads read x only
   (c feeds the prior), so, as in the GPT-2 CVAE and the official code (reference §5), the source
@@ -30,12 +31,13 @@ official code has none.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
 
 from della.models.base import BART_VERSIONS, MODELS, Condition, LatentModel
-from della.models.bart_backbone import BartBackbone, DecoderInjection
+from della.models.bart_backbone import BartBackbone, DecoderInjection, EncoderOutput
 from della.models.della import Della
 from della.models.embed import EmbedVAE
 from della.models.gpt2 import GPT2LM
@@ -62,11 +64,23 @@ class BartDecoding(LatentModel):
                              "it needs a conditional task (a source for its encoder)")
         super().__init__(config, backbone, vocab, conditional=conditional)
 
+    def encode_source(self, condition):
+        """One encoder pass over the source: its output for the cross-attention and, for a latent
+        model, the condition features c pooled from it."""
+        if condition is None or condition.source_states is not None:
+            return condition
+        out = self.backbone.encode(condition.ids, condition.mask, return_layers=True)
+        return dataclasses.replace(condition, source_states=out.hidden,
+                                   features=self.source_features(out, condition.mask))
+
+    def source_features(self, out: EncoderOutput, mask: torch.Tensor) -> torch.Tensor | None:
+        return None  # the plain BART has no latent, so no condition features
+
     def decode(self, input_ids, z, cache=None, use_cache=False, condition=None):
-        """The encoder runs over the source on the first step; later steps find its keys and values
-        in the cache."""
+        """The encoder's output over the source enters on the first step; later steps find its keys
+        and values in the cache."""
         self.check_condition(condition)
-        encoder_hidden = None if cache is not None else self.backbone.encode(condition.ids, condition.mask).hidden
+        encoder_hidden = None if cache is not None else self.encode_source(condition).source_states
         inject = self.decoder_injection(z)
         out = self.backbone.decode(input_ids, encoder_hidden, condition.mask, cache=cache, inject=inject,
                                    use_cache=use_cache)
@@ -92,10 +106,17 @@ class BartEncoding(BartDecoding):
         return torch.cat([self.encoder_features(self.pool, ids, pair_mask), self.encode_condition(condition)], -1)
 
     def encode_condition(self, condition: Condition) -> torch.Tensor:
-        return self.encoder_features(self.condition_pool, condition.ids, condition.mask)
+        return self.encode_source(condition).features
+
+    def source_features(self, out, mask):
+        return self.pooled(self.condition_pool, out, mask)
 
     def encoder_features(self, pools, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, G, d): the encoder pass over ids, pooled per latent group."""
+        return self.pooled(pools, self.backbone.encode(ids, mask, return_layers=True), mask)
+
+    def pooled(self, pools, out: EncoderOutput, mask: torch.Tensor) -> torch.Tensor:
+        """(B, G, d): an encoder pass pooled per latent group."""
         raise NotImplementedError
 
     def source_and_target(self, input_ids, mask, condition: Condition) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +136,8 @@ class BartEncoding(BartDecoding):
 class BartSingleLatent(BartEncoding):
     """Mixin: x and c pooled from the encoder's last layer."""
 
-    def encoder_features(self, pool, ids, mask):
-        return pool(self.backbone.encode(ids, mask).hidden, mask)[:, None, :]
+    def pooled(self, pool, out, mask):
+        return pool(out.hidden, mask)[:, None, :]
 
 
 @MODELS.register("bart")
@@ -154,8 +175,7 @@ class BartDella(BartEncoding, Della):
             raise ValueError(f"model 'della' on BART pairs encoder layer l with decoder layer l: the backbone has "
                              f"{backbone.n_encoder_layer} encoder and {backbone.n_layer} decoder layers")
 
-    def encoder_features(self, pools, ids, mask):
-        out = self.backbone.encode(ids, mask, return_layers=True)
+    def pooled(self, pools, out, mask):
         pool_mask = mask if self.config.pool_mask else None
         return torch.stack([pool(out.layers[l], pool_mask) for pool, l in zip(pools, self.latent_layers)], 1)
 

@@ -49,22 +49,29 @@ class Condition:
     For the GPT-2 CVAE the decoder sequence is source + </s> + target + </s>, and `ids` is its
     prefix source + </s>. `target_start` (B,) is the index of each row's first target token in the
     decoder sequence: no earlier position is ever predicted, so no source token enters the loss.
+
+    An encoder-decoder (BART) reads the source in a pass of its own: `LatentModel.encode_source`
+    attaches that pass's results (`source_states`, `features`), so the condition prior, the posterior
+    and the decoder's cross-attention of one batch share one encoder pass over the source.
     """
 
     ids: torch.Tensor  # (B, S) right-padded
     mask: torch.Tensor  # (B, S) 1 on real tokens
     target_start: torch.Tensor  # (B,) long
+    source_states: torch.Tensor | None = None  # (B, S, d) the encoder's output the decoder cross-attends to
+    features: torch.Tensor | None = None  # (B, G, d) the condition features c pooled from that pass
 
     def repeat(self, n: int) -> "Condition":
         """Each row n times, sample-major (as `ids.repeat(n, 1)` lays out K posterior samples)."""
-        return Condition(self.ids.repeat(n, 1), self.mask.repeat(n, 1), self.target_start.repeat(n))
+        return self.map(lambda t: t.repeat(n, *(1,) * (t.dim() - 1)))
 
     def rows(self, index: torch.Tensor) -> "Condition":
         return self.map(lambda t: t[index])
 
     def map(self, fn) -> "Condition":
         """fn applied to each tensor (e.g. a device copy)."""
-        return Condition(fn(self.ids), fn(self.mask), fn(self.target_start))
+        return Condition(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                            for f in dataclasses.fields(self)})
 
 
 @dataclass
@@ -169,6 +176,12 @@ class LatentModel(nn.Module):
     def feature_size(self) -> int:
         return self.backbone.n_embd * (2 if self.conditional else 1)
 
+    def encode_source(self, condition: Condition | None) -> Condition | None:
+        """The condition with this model's own encoder pass over the source attached, for the passes
+        of one batch to share (an encoder-decoder's); a decoder-only model reads the source as its
+        sequence's prefix, so its condition comes back as it is."""
+        return condition
+
     def check_condition(self, condition: Condition | None) -> None:
         """A CVAE needs its condition in every pass; an unconditional model takes none."""
         if self.conditional and condition is None:
@@ -254,6 +267,7 @@ class LatentModel(nn.Module):
 
     def loss(self, input_ids: torch.Tensor, mask: torch.Tensor, beta: float,
              condition: Condition | None = None) -> LossOutput:
+        condition = self.encode_source(condition)
         post = self.sample_posterior(self.encode(input_ids, mask, condition), k=1)
         z, kl = post.z[0], post.kl[0]
         ce = self.token_nll(input_ids, mask, z, condition)
