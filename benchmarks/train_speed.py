@@ -22,6 +22,11 @@ reads source + target; BART: the encoder the source, the decoder the target), at
 BART's n_layer is the size's over two (encoder + decoder layers = the GPT-2's layers: BART-base at (c)).
 The FLOP floor is della.flops.cvae_floor.
 
+Each model's line also gives its ops per step: the aten ops one forward + backward dispatches (views
+excluded; the optimizer is left out, one fused kernel on CUDA). On a GPU every op is at least one
+kernel launch, and a small model's step there is bound by launches, not arithmetic (issue 11), so
+the ops ratio is what a GPU step ratio tends to in that regime; it is counted the same on any device.
+
     python benchmarks/train_speed.py --task conditional [--backbones gpt2,bart] [--sizes a,c]
 """
 
@@ -33,6 +38,7 @@ import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from della.config import BackboneConfig, TrainConfig
 from della.flops import PEAK_TFLOPS, cvae_floor, matmul_precision, peak_tflops, train_flops_per_token, vae_lm_floor
@@ -63,6 +69,25 @@ MODELS = ("gpt2", "embed", "della")
 PLAIN = ("gpt2", "bart")  # the plain backbones, without a latent
 # issue 11: DELLA/LM within this much of the floor, DELLA/Embed at most this
 TARGETS = {"cpu": (0.05, 1.10), "cuda": (0.15, 1.15)}
+
+
+# ops that only alias their input (no kernel on any device)
+VIEW_OPS = {"view", "_unsafe_view", "reshape", "_reshape_alias", "t", "transpose", "permute", "expand", "select",
+            "slice", "split", "split_with_sizes", "chunk", "unbind", "narrow", "unsqueeze", "squeeze", "alias",
+            "as_strided", "detach"}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched inside it, views excluded."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ not in VIEW_OPS:
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
 
 
 def batch(size: Size, vocab: Vocab, device: torch.device, kind: str | None):
@@ -102,18 +127,33 @@ def make_step(name: str, size: Size, device: torch.device, precision: str, compi
     ids, mask, condition = batch(size, vocab, device, kind)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
+    def forward_backward() -> None:
+        with autocast(device, precision):
+            loss = step_fn(ids, mask, 1.0, condition).loss
+        loss.backward()
+
     def step() -> float:
         sync()
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        with autocast(device, precision):
-            loss = step_fn(ids, mask, 1.0, condition).loss
-        loss.backward()
+        forward_backward()
         opt.step()
         sync()
         return time.perf_counter() - start
 
-    return step, sum(p.numel() for p in model.parameters())
+    ops = None
+    if not compile_model:  # a compiled step's launches are its generated kernels: not counted
+        with OpCounter() as counter:
+            forward_backward()
+        opt.zero_grad(set_to_none=True)
+        ops = counter.ops
+    return step, sum(p.numel() for p in model.parameters()), ops
+
+
+def ops_text(runs: dict, name: str, base: str) -> str:
+    """`ops/step N (x base r)`, or nothing for a compiled step."""
+    ops, base_ops = runs[name][2], runs[base][2]
+    return "" if ops is None else f"ops/step {ops:5d} (x {base} {ops / base_ops:.3f})"
 
 
 def card_peak(device: torch.device, precision: str, flag: float | None) -> tuple[float | None, str]:
@@ -147,7 +187,7 @@ def bench(label: str, size: Size, precision: str, steps: int, device: torch.devi
         mfu[name] = flops * tokens / med[name] / (peak * 1e12) if peak else None
         print(f"  {name:6s} params {runs[name][1] / 1e6:8.2f} M   step {med[name] * 1e3:8.1f} ms   "
               f"x LM {med[name] / med['gpt2']:.3f}   {tokens / med[name]:10.0f} tokens/s   "
-              f"MFU {'n/a' if mfu[name] is None else f'{mfu[name] * 100:.1f}%'}")
+              f"MFU {'n/a' if mfu[name] is None else f'{mfu[name] * 100:.1f}%'}   {ops_text(runs, name, 'gpt2')}")
     floor = vae_lm_floor(size.n_layer, size.n_embd, size.vocab, size.seq)
     della_lm, della_embed = med["della"] / med["gpt2"], med["della"] / med["embed"]
     slack, embed_target = TARGETS["cuda" if device.type == "cuda" else "cpu"]
@@ -155,6 +195,10 @@ def bench(label: str, size: Size, precision: str, steps: int, device: torch.devi
           f"vs floor, target <= +{slack * 100:.0f}%) {'OK' if della_lm <= (1 + slack) * floor else 'MISSED'}")
     print(f"  DELLA/Embed = {della_embed:.3f} (target <= {embed_target:.2f}) "
           f"{'OK' if della_embed <= embed_target else 'MISSED'}")
+    if runs["della"][2] is not None:
+        ops = {name: runs[name][2] for name in MODELS}
+        print(f"  ops/step (a GPU's launches): DELLA/LM = {ops['della'] / ops['gpt2']:.3f} against Embed/LM = "
+              f"{ops['embed'] / ops['gpt2']:.3f}; DELLA/Embed = {ops['della'] / ops['embed']:.3f}")
     return {"della_ms": med["della"] * 1e3, "della_mfu": mfu["della"]}
 
 
@@ -176,7 +220,7 @@ def bench_conditional(label: str, size: Size, precision: str, steps: int, device
           f"tokens, latent {LATENT}; median of {steps} steps")
     for name in names:
         print(f"  {name:6s} params {runs[name][1] / 1e6:8.2f} M   step {med[name] * 1e3:8.1f} ms   "
-              f"x {kind} {med[name] / med[kind]:.3f}")
+              f"x {kind} {med[name] / med[kind]:.3f}   {ops_text(runs, name, kind)}")
     floor = cvae_floor(kind, layers, size.n_embd, size.vocab, size.seq, size.seq)
     ratio = med["della"] / med[kind]
     print(f"  FLOP floor CVAE/{kind} = {floor:.3f}; DELLA/{kind} = {ratio:.3f} "

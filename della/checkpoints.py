@@ -32,13 +32,13 @@ j: LMF factor, d: width, p: latent size):
 | `encoder.h.{i}.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.c_proj}.{weight,bias}` | `backbone.gpt2.h.{i}.<same>` (both Conv1D, (in, out)) |
 | `encoder.ln_f.{weight,bias}` | `backbone.gpt2.ln_f.{weight,bias}` |
 | `encoder.pooling.{i}.attention_weights` (d) | `pool.{g}.w` |
-| `encoder.recog_network.{i}.weight` (2p, d + p), input [x^(l); h_l] | `recog_x.{g}.weight` = columns :d, `recog_h.{g}.weight` = columns d: |
-| `encoder.recog_network.{i}.bias` | `recog_x.{g}.bias` (`recog_h` has none) |
-| `encoder.prior_network.{i}.{weight,bias}` | `prior.{g}.{weight,bias}` |
-| `encoder.reccurnt_cell_weight_ih.{i}.{weight,bias}` | `cell_ih.{g}.{weight,bias}` |
-| `encoder.reccurnt_cell_weight_hh.{i}.{weight,bias}` | `cell_hh.{g}.{weight,bias}` |
-| `encoder.h.{i}.attn.lmf.text_factor.{j}.weight` (d, d + 1) / `.bias` (d) | `fusion.{g}.text_weight[j]` / `fusion.{g}.text_bias[j]` |
-| `encoder.h.{i}.attn.lmf.latent_factor.{j}.weight` (d, p + 1) / `.bias` (d) | `fusion.{g}.latent_weight[j]` / `fusion.{g}.latent_bias[j]` |
+| `encoder.recog_network.{i}.weight` (2p, d + p), input [x^(l); h_l] | `recog_x.weight[g]` = columns :d, `recog_h.weight[g]` = columns d: |
+| `encoder.recog_network.{i}.bias` | `recog_x.bias[g]` (`recog_h` has none) |
+| `encoder.prior_network.{i}.{weight,bias}` | `prior.{weight,bias}[g]` |
+| `encoder.reccurnt_cell_weight_ih.{i}.{weight,bias}` | `cell_ih.{weight,bias}[g]` |
+| `encoder.reccurnt_cell_weight_hh.{i}.{weight,bias}` | `cell_hh.{weight,bias}[g]` |
+| `encoder.h.{i}.attn.lmf.text_factor.{j}.weight` (d, d + 1) / `.bias` (d) | `fusion.text_weight[g, j]` / `fusion.text_bias[g, j]` |
+| `encoder.h.{i}.attn.lmf.latent_factor.{j}.weight` (d, p + 1) / `.bias` (d) | `fusion.latent_weight[g, j]` / `fusion.latent_bias[g, j]` |
 | `decoder.lm_head.weight` | `lm_head.weight` (untied) |
 | `decoder.mlp_bow.{weight,bias}` (with `--use_bow`) | `bow.{weight,bias}` |
 
@@ -125,19 +125,23 @@ def map_official(state: dict[str, torch.Tensor], layers: list[int], where: str) 
             for param in ("weight", "bias"):
                 out[f"backbone.gpt2.h.{i}.{module}.{param}"] = take(f"encoder.h.{i}.{module}.{param}")
     d = out["backbone.gpt2.wte.weight"].shape[1]
+    groups: dict[str, list[torch.Tensor]] = {}  # per-group tensors, stacked into GroupedLinear/LowRankFusion below
     for g, i in enumerate(layers):
         out[f"pool.{g}.w"] = take(f"encoder.pooling.{i}.attention_weights")
         recog = take(f"encoder.recog_network.{i}.weight")
-        out[f"recog_x.{g}.weight"], out[f"recog_h.{g}.weight"] = recog[:, :d], recog[:, d:]
-        out[f"recog_x.{g}.bias"] = take(f"encoder.recog_network.{i}.bias")
+        per_group = {"recog_x.weight": recog[:, :d], "recog_h.weight": recog[:, d:],
+                     "recog_x.bias": take(f"encoder.recog_network.{i}.bias")}
         for official, ours in LATENT_HEADS.items():
             for param in ("weight", "bias"):
-                out[f"{ours}.{g}.{param}"] = take(f"encoder.{official}.{i}.{param}")
+                per_group[f"{ours}.{param}"] = take(f"encoder.{official}.{i}.{param}")
         for factor, ours in (("text_factor", "text"), ("latent_factor", "latent")):
             prefix = f"encoder.h.{i}.attn.lmf.{factor}"
             rank = len({k for k in state if k.startswith(f"{prefix}.") and k.endswith(".bias")})
-            out[f"fusion.{g}.{ours}_weight"] = torch.stack([take(f"{prefix}.{j}.weight") for j in range(rank)])
-            out[f"fusion.{g}.{ours}_bias"] = torch.stack([take(f"{prefix}.{j}.bias") for j in range(rank)])
+            per_group[f"fusion.{ours}_weight"] = torch.stack([take(f"{prefix}.{j}.weight") for j in range(rank)])
+            per_group[f"fusion.{ours}_bias"] = torch.stack([take(f"{prefix}.{j}.bias") for j in range(rank)])
+        for name, tensor in per_group.items():
+            groups.setdefault(name, []).append(tensor)
+    out.update({name: torch.stack(tensors) for name, tensors in groups.items()})
     out["lm_head.weight"] = take("decoder.lm_head.weight")
     if "decoder.mlp_bow.weight" in state:
         out["bow.weight"], out["bow.bias"] = take("decoder.mlp_bow.weight"), take("decoder.mlp_bow.bias")

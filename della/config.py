@@ -73,7 +73,7 @@ class TrainConfig:
     log_every: int = 1  # optimizer steps between JSONL log lines
     resume: str = "auto"  # auto | never | weights-only: what a rerun takes from checkpoint/ (README "Resuming")
     precision: str = "fp32"  # fp32 | bf16: autocast of the forward; densities, KL and log-sum-exp stay fp32
-    fused_adam: bool | str = "auto"  # auto: the fused AdamW kernel on CUDA, the plain one elsewhere
+    fused_adam: bool | str = "auto"  # auto: the fused AdamW kernel on CUDA and the CPU, the plain one elsewhere
     compile: bool = False  # torch.compile the trained model (its first steps compile)
 
     def __post_init__(self):

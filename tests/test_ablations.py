@@ -53,15 +53,24 @@ def test_default_forward_is_the_papers_equations_recomputed_from_the_modules():
     z = torch.stack(zs, 1)
     assert torch.equal(post.z[0], z)
 
-    hooks = {layer: functools.partial(model.fusion[g].project, factor=model.fusion[g].latent_factor(z[:, g]))
-             for g, layer in enumerate(model.layers)}
+    def eq_9(g):  # V' = (Σ_j T_j [V; 1]) ⊙ (Σ_j Z_j [z; 1]), with layer g's own factors
+        fusion, ones = model.fusion, torch.ones(ids.shape[0], 1)
+        factor = torch.cat([z[:, g], ones], -1) @ fusion.latent_weight[g].sum(0).T + fusion.latent_bias[g].sum(0)
+
+        def qkv(h, c_attn):
+            q, k, v = c_attn(h).split(TINY.n_embd, dim=2)
+            text = torch.cat([v, ones[:, None].expand(*v.shape[:2], 1)], -1) @ fusion.text_weight[g].sum(0).T
+            return q, k, (text + fusion.text_bias[g].sum(0)) * factor[:, None]
+        return qkv
+
+    hooks = {layer: eq_9(g) for g, layer in enumerate(model.layers)}
     hidden = model.backbone(ids, causal=True, inject=Injection(qkv=hooks)).hidden
-    assert torch.equal(model.decode(ids, z)[0], hidden @ model.backbone.wte.weight.T)
+    assert torch.allclose(model.decode(ids, z)[0], hidden @ model.backbone.wte.weight.T, atol=1e-5)
 
     torch.manual_seed(5)
     out = model.loss(ids, mask, beta=0.3)
     assert torch.allclose(out.loss, (model.token_nll(ids, mask, z) + 0.3 * post.kl[0].sum(-1)).mean())
-    assert all(isinstance(f, LowRankFusion) for f in model.fusion) and model.bn is None
+    assert isinstance(model.fusion, LowRankFusion) and model.bn is None
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=list(VARIANTS))
@@ -80,9 +89,9 @@ def test_every_switch_keeps_the_shapes_and_the_estimator_contracts(variant):
     assert torch.allclose(torch.diagonal(matrix), post.log_q[0].sum(-1), atol=1e-4)
     # the KL is the closed form between the posterior and the prior on the sampled path
     z = post.z.flatten(0, 1)
-    hs = model._summaries(z)
+    prior_mean, prior_logvar = model.prior_along(z)
     for g in range(groups):
-        pm, pl = model._prior_params(g, hs[:, g])
+        pm, pl = prior_mean[:, g], prior_logvar[:, g]
         q = Normal(post.mean.flatten(0, 1)[:, g], torch.exp(0.5 * post.logvar.flatten(0, 1)[:, g]))
         p = Normal(pm, torch.exp(0.5 * pl))
         assert torch.allclose(post.kl.flatten(0, 1)[:, g], kl_divergence(q, p).sum(-1), atol=1e-4)
@@ -92,30 +101,33 @@ def test_every_switch_keeps_the_shapes_and_the_estimator_contracts(variant):
 def test_additive_fusion_adds_the_projected_latent_to_the_values_only():
     """−LTP: V' = V + W z. A zero latent adds nothing, so the decoder is then the plain GPT-2."""
     model = della(fusion="add")
-    assert all(isinstance(f, AdditiveFusion) for f in model.fusion)
+    assert isinstance(model.fusion, AdditiveFusion)
     ids, _ = random_batch()
     plain = model.backbone(ids, causal=True).hidden @ model.backbone.wte.weight.T
     zero = torch.zeros(ids.shape[0], model.n_groups, P)
     assert torch.allclose(model.decode(ids, zero)[0], plain, atol=1e-6)
     assert not torch.allclose(model.decode(ids, torch.randn_like(zero))[0], plain, atol=1e-3)
-    h, attn, z = torch.randn(2, 5, TINY.n_embd), model.backbone.gpt2.h[0].attn, torch.randn(2, P)
-    q, k, v = model.fusion[0].project(h, attn.c_attn, model.fusion[0].latent_factor(z))
+    h, attn, z = torch.randn(2, 5, TINY.n_embd), model.backbone.gpt2.h[1].attn, torch.randn(2, model.n_groups, P)
+    factors, _ = model.layer_factors(z)
+    q, k, v = model.fusion.project(1, h, attn.c_attn, factors[1])
     q0, k0, v0 = attn.c_attn(h).split(TINY.n_embd, dim=2)
     assert torch.equal(q, q0) and torch.equal(k, k0)
-    assert torch.allclose(v, v0 + (z @ model.fusion[0].latent.weight.T)[:, None])
+    assert torch.allclose(v, v0 + (z[:, 1] @ model.fusion.latent[1].weight.T)[:, None])
 
 
 def test_shared_latent_is_one_z_from_the_top_layer_fused_into_every_layer():
     model = della(shared_latent=True)
-    assert model.n_groups == 1 and model.layers == list(range(TINY.n_layer)) and len(model.fusion) == TINY.n_layer
+    assert model.n_groups == 1 and model.layers == list(range(TINY.n_layer)) and len(model.fusion.text_weight) == TINY.n_layer
     ids, mask = random_batch()
     top = model.backbone(ids, mask, causal=False, return_layers=True, final_norm=False).layers[-1][:, 0]
     assert torch.equal(model.encode(ids, mask)[:, 0], top)
     z = torch.randn(ids.shape[0], 1, P)
     hooks = model.injection(z).qkv
     assert sorted(hooks) == model.layers
+    ones = torch.ones(ids.shape[0], 1)
     for i, layer in enumerate(model.layers):  # every layer's own fusion, all of the same z
-        assert torch.equal(hooks[layer].keywords["factor"], model.fusion[i].latent_factor(z[:, 0]))
+        w, b = model.fusion.latent_weight[i].sum(0), model.fusion.latent_bias[i].sum(0)
+        torch.testing.assert_close(hooks[layer].keywords["factor"], torch.cat([z[:, 0], ones], -1) @ w.T + b)
 
 
 @pytest.mark.parametrize("first_prior", ["standard", "learned"])
@@ -130,16 +142,16 @@ def test_without_recurrence_a_layers_posterior_and_prior_ignore_the_latents_belo
         assert not torch.equal(post.z[0, :, 0], post.z[1, :, 0])
         same = torch.equal(post.mean[0, :, 1], post.mean[1, :, 1])
         assert same == (not recurrence)
-        expected = model.recog_x[1](x[:, 1]) + model.recog_h[1](model._summary(0, torch.zeros(4, P), torch.zeros(4, P)))
+        chain = model._chain(None)
+        expected = model.recog_x[1](x[:, 1]) + model.recog_h[1](model._summary(0, torch.zeros(4, P), torch.zeros(4, P), chain))
         assert torch.allclose(post.mean[0, :, 1], expected.chunk(2, -1)[0]) == (not recurrence)
-    root = model._prior_params(0, model._summary(0, torch.zeros(1, P), torch.zeros(1, P)))
+    prior_mean, _ = model.prior_along(torch.randn(1, model.n_groups, P))
     for g in range(1, model.n_groups):
-        prior = model._prior_params(g, model._summary(g, torch.randn(1, P), torch.randn(1, P)))
         if first_prior == "standard":
-            assert torch.equal(prior[0], root[0]) and torch.equal(prior[1], root[1])
+            assert torch.equal(prior_mean[:, g], torch.zeros(1, P))
         else:  # the same rule as the first layer's (its own weights): zeros in
-            assert torch.equal(prior[0], model._prior_params(g, torch.tanh(model.cell_hh[g].bias
-                                                                           + model.cell_ih[g].bias)[None])[0])
+            summary = torch.tanh(model.cell_hh[g].bias + model.cell_ih[g].bias)[None]
+            assert torch.equal(prior_mean[:, g], model.prior[g](summary).chunk(2, -1)[0])
 
 
 @pytest.mark.parametrize("kl_layers, inferred", [("all", [0, 1, 2]), ("first", [0]), ("last", [2])])
@@ -157,10 +169,9 @@ def test_kl_layers_infers_only_those_layers_and_draws_the_others_from_their_prio
     for g in range(TINY.n_layer):
         assert (out.kl[:, g] > 1).all() if g in inferred else torch.allclose(out.kl[:, g], torch.zeros(4), atol=1e-5)
     post = model.sample_posterior(model.encode(ids, mask), k=1)
-    hs = model._summaries(post.z[0])
+    prior_mean, prior_logvar = model.prior_along(post.z[0])
     for g in set(range(TINY.n_layer)) - set(inferred):
-        prior_mean, prior_logvar = model._prior_params(g, hs[:, g])
-        assert torch.equal(post.mean[0, :, g], prior_mean) and torch.equal(post.logvar[0, :, g], prior_logvar)
+        assert torch.equal(post.mean[0, :, g], prior_mean[:, g]) and torch.equal(post.logvar[0, :, g], prior_logvar[:, g])
     matrix = model.log_q_matrix(post.z[0], model.encode(ids, mask))
     assert torch.allclose(torch.diagonal(matrix), post.log_q[0].sum(-1), atol=1e-4)
 

@@ -102,13 +102,14 @@ def switch_off(model: LatentModel) -> None:
         for name in ("latent_to_embedding", "latent_to_hidden"):
             if hasattr(model, name):
                 getattr(model, name).weight.zero_()
-        for fusion in getattr(model, "fusion", []):
+        fusion = getattr(model, "fusion", None)
+        if fusion is not None:
             for p in fusion.parameters():
                 p.zero_()
-            if hasattr(fusion, "text_weight"):  # LMF: rank 0 carries [I | 0] and the factor 1
-                d = fusion.text_weight.shape[1]
-                fusion.text_weight[0, :, :d] = torch.eye(d)
-                fusion.latent_bias[0] = 1.0
+            if hasattr(fusion, "text_weight"):  # LMF: at every layer rank 0 carries [I | 0] and the factor 1
+                d = fusion.text_weight.shape[2]
+                fusion.text_weight[:, 0, :, :d] = torch.eye(d)
+                fusion.latent_bias[:, 0] = 1.0
 
 
 @pytest.mark.parametrize("name, args", [("embed", {}), ("softmax", {}), ("della", {}),

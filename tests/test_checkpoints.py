@@ -113,7 +113,7 @@ def test_an_official_state_dict_maps_onto_every_parameter_exactly_once(workdir):
     assert (cfg.backbone.n_layer, cfg.backbone.n_embd, cfg.model_args["latent_size"], cfg.model_args["lmf_rank"]) == (L, D, P, RANK)
     mapped = map_official(state, model.layers, "test")
     assert set(mapped) == set(model.state_dict())  # the strict load in the import saw the same
-    assert torch.equal(model.fusion[1].text_weight[1], state["encoder.h.1.attn.lmf.text_factor.1.weight"])
+    assert torch.equal(model.fusion.text_weight[1, 1], state["encoder.h.1.attn.lmf.text_factor.1.weight"])
     assert torch.equal(model.lm_head.weight, state["decoder.lm_head.weight"])
     assert json.loads((run / "imported.json").read_text())["format"] == "della-official"
 

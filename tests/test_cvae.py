@@ -80,7 +80,7 @@ def test_the_condition_moves_the_prior_and_the_kl_is_against_it(name):
         post = cvae.sample_posterior(cvae.encode(ids, mask, condition), k=1)
         if name == "della":  # the first group: a root, p(z_1 | c_1) = N(W_c c_1)
             c = cvae.split_features(cvae.encode(ids, mask, condition))[1]
-            pm, pl = cvae._prior_params(0, torch.zeros(len(PAIRS), cvae.latent_size), c)
+            pm, pl = (params[:, 0] for params in cvae.prior_along(post.z[0], c))
         else:
             pm, pl = cvae._prior_params(cvae.encode_condition(condition), post.mean[0])
         assert pm.abs().max() > 0.1  # the prior is no longer N(0, I)

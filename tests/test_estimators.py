@@ -30,9 +30,9 @@ def test_della_kl_is_the_closed_form_between_its_posterior_and_prior_on_the_samp
     torch.manual_seed(3)
     post = model.sample_posterior(features, k=2)
     z = post.z.flatten(0, 1)  # (K*B, G, p)
-    hs = model._summaries(z)
+    prior_mean, prior_logvar = model.prior_along(z)
     for g in range(model.n_groups):
-        pm, pl = model._prior_params(g, hs[:, g])
+        pm, pl = prior_mean[:, g], prior_logvar[:, g]
         q = Normal(post.mean.flatten(0, 1)[:, g], torch.exp(0.5 * post.logvar.flatten(0, 1)[:, g]))
         p = Normal(pm, torch.exp(0.5 * pl))
         assert torch.allclose(post.kl.flatten(0, 1)[:, g], kl_divergence(q, p).sum(-1), atol=1e-4)
@@ -92,8 +92,8 @@ def test_iw_nll_converges_to_the_lm_nll_when_the_decoder_ignores_z(name):
     """q != p, so each weight is p(x) p(z)/q(z); their mean tends to p(x) as K grows."""
     model = _ignore_latent(tiny_model(name, first_prior="learned") if name == "della" else tiny_model(name))
     with torch.no_grad():  # a posterior a little away from the prior
-        for param in model.parameters():
-            if param.dim() == 2 and param.shape[0] == 2 * model.latent_size:
+        for param in model.parameters():  # the posterior and prior heads (2p, n_in), DELLA's stacked per group
+            if param.dim() in (2, 3) and param.shape[-2] == 2 * model.latent_size:
                 param.mul_(2.0)
     ids, mask = random_batch()
     lm = -model.token_nll(ids, mask, model.sample_prior(4))

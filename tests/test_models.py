@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -116,24 +117,26 @@ def test_every_latent_model_uses_z(name):
     assert not torch.allclose(a, b)
 
 
-def test_lowrank_fusion_matches_the_formula_of_eq_9():
+def test_lowrank_fusion_matches_the_formula_of_eq_9_at_every_layer():
     torch.manual_seed(0)
-    d, p, r = 6, 3, 4
-    v, z = torch.randn(2, 5, d), torch.randn(2, p)
+    n, d, p, r = 2, 6, 3, 4
+    v, z = torch.randn(2, 5, d), torch.randn(2, n, p)
     one_v, one_z = torch.ones(2, 5, 1), torch.ones(2, 1)
     for mode in ("paper", "lowrank"):
-        f = LowRankFusion(d, p, r, mode)
+        f = LowRankFusion(n, d, p, r, mode)
         with torch.no_grad():
             f.text_bias.normal_()
             f.latent_bias.normal_()
-        text = [torch.cat([v, one_v], -1) @ f.text_weight[j].T + f.text_bias[j] for j in range(r)]
-        lat = [torch.cat([z, one_z], -1) @ f.latent_weight[j].T + f.latent_bias[j] for j in range(r)]
-        if mode == "paper":  # (Σ_j T_j[v;1]) ⊙ (Σ_j Z_j[z;1])
-            expected = sum(text) * sum(lat)[:, None]
-        else:  # Σ_j (T_j[v;1]) ⊙ (Z_j[z;1])
-            expected = sum(t * zz[:, None] for t, zz in zip(text, lat))
-        got = f(v, f.latent_factor(z))
-        assert torch.allclose(got, expected, atol=1e-5), mode
+        factors, maps = f.latent_factors(z), functools.cache(f.text_maps)
+        for i in range(n):
+            text = [torch.cat([v, one_v], -1) @ f.text_weight[i, j].T + f.text_bias[i, j] for j in range(r)]
+            lat = [torch.cat([z[:, i], one_z], -1) @ f.latent_weight[i, j].T + f.latent_bias[i, j] for j in range(r)]
+            if mode == "paper":  # (Σ_j T_j[v;1]) ⊙ (Σ_j Z_j[z;1])
+                expected = sum(text) * sum(lat)[:, None]
+            else:  # Σ_j (T_j[v;1]) ⊙ (Z_j[z;1])
+                expected = sum(t * zz[:, None] for t, zz in zip(text, lat))
+            got = f.values(i, v, factors[i], maps)
+            assert torch.allclose(got, expected, atol=1e-5), (mode, i)
 
 
 @pytest.mark.parametrize("name", GPT2_MODELS)
@@ -195,12 +198,17 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_folded_value_projection_equals_the_fusion_applied_after_it():
     model = tiny_model("della")
-    fusion, attn = model.fusion[0], model.backbone.gpt2.h[0].attn
+    fusion = model.fusion
+    projections = [model.backbone.gpt2.h[layer].attn.c_attn for layer in model.layers]
     with torch.no_grad():
-        fusion.text_bias.normal_(), attn.c_attn.bias.normal_()
-    h, z = torch.randn(3, 20, 32), torch.randn(3, model.latent_size)
-    factor = fusion.latent_factor(z)
-    folded = fusion.project(h, attn.c_attn, factor, fold=True)
-    plain = fusion.project(h, attn.c_attn, factor, fold=False)
-    for a, b in zip(folded, plain):
-        assert torch.allclose(a, b, atol=1e-5)
+        fusion.text_bias.normal_()
+        for c_attn in projections:
+            c_attn.bias.normal_()
+    h, z = torch.randn(3, 20, 32), torch.randn(3, model.n_groups, model.latent_size)
+    factors, maps = model.layer_factors(z)
+    folded = functools.cache(lambda: fusion.folded(projections, maps))
+    for i, c_attn in enumerate(projections):  # 3 x 20 tokens > d = 32: the folded projection
+        q, k, v = c_attn(h).split(32, dim=2)
+        plain = (q, k, fusion.values(i, v, factors[i], maps))
+        for a, b in zip(fusion.project(i, h, c_attn, factors[i], maps, folded), plain):
+            assert torch.allclose(a, b, atol=1e-5)

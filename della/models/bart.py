@@ -180,8 +180,6 @@ class BartDella(BartEncoding, Della):
         return torch.stack([pool(out.layers[l], pool_mask) for pool, l in zip(pools, self.latent_layers)], 1)
 
     def decoder_injection(self, z):
-        values = {}
-        for i, (layer, fusion) in enumerate(zip(self.layers, self.fusion)):
-            g = 0 if self.config.shared_latent else i
-            values[layer] = functools.partial(fusion, factor=fusion.latent_factor(z[:, g]))
-        return DecoderInjection(values=values)
+        factors, maps = self.layer_factors(z)
+        return DecoderInjection(values={layer: functools.partial(self.fusion.values, i, factor=factors[i], maps=maps)
+                                        for i, layer in enumerate(self.layers)})

@@ -26,14 +26,21 @@ encoder pass over the source, c_l, and the prior of layer l takes [h_l; c_l], wr
 W_p h_l + W_c c_l with W_c a Linear without bias (so W_c = 0 gives the unconditional prior, and
 the first layer's standard prior becomes N(W_c c_b)). The posterior is unchanged: x^(l) is pooled
 over source + target, so the condition reaches it through the encoder's input.
+
+The per-layer weights are stacked over the layers (GroupedLinear, LowRankFusion), so a pass runs the
+heads that do not wait on the recurrence, the latent factors and the text maps of all layers in one
+batched op each. A small model's GPU step is bound by kernel launches, not arithmetic (issue 11);
+this cuts the ops of DELLA's step by over a quarter (`benchmarks/train_speed.py` counts them).
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from della.models.backbone import Injection
@@ -84,81 +91,150 @@ def _linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
     return layer
 
 
+class LinearMap(NamedTuple):
+    """One group's affine map x -> x W^T + b, as views into a GroupedLinear's weights."""
+    weight: torch.Tensor  # (n_out, n_in)
+    bias: torch.Tensor | None  # (n_out,)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class GroupedLinear(nn.Module):
+    """G separate maps Linear(n_in -> n_out), one per latent group (or fused layer), held as one
+    weight (G, n_out, n_in): `forward` applies each to its own group in one batched matmul, and
+    `unbind` hands a sequential loop the G maps at the cost of one backward op for all of them
+    (indexing would cost one per group). A GPU step is bound by kernel launches, not arithmetic
+    (issue 11), so G launches become one. Initialised as G separate `_linear`s drawn in turn."""
+
+    def __init__(self, groups: int, n_in: int, n_out: int, bias: bool = True):
+        super().__init__()
+        maps = [_linear(n_in, n_out, bias) for _ in range(groups)]
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in maps]))
+        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in maps])) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, G, n_in) -> (N, G, n_out): group g's map on x[:, g]."""
+        weight = self.weight.transpose(1, 2)
+        if self.bias is None:
+            return torch.bmm(x.transpose(0, 1), weight).transpose(0, 1)
+        return torch.baddbmm(self.bias[:, None], x.transpose(0, 1), weight).transpose(0, 1)
+
+    def unbind(self) -> list[LinearMap]:
+        biases = [None] * len(self) if self.bias is None else self.bias.unbind(0)
+        return [LinearMap(w, b) for w, b in zip(self.weight.unbind(0), biases)]
+
+    def __getitem__(self, g: int) -> LinearMap:
+        return LinearMap(self.weight[g], None if self.bias is None else self.bias[g])
+
+    def __len__(self) -> int:
+        return self.weight.shape[0]
+
+
 class LowRankFusion(nn.Module):
-    """Eq. 9 with r factors T_j: Linear(d+1 -> d) on [V; 1] and Z_j: Linear(p+1 -> d) on [z; 1].
+    """Eq. 9 at each of n fused layers: per layer i and factor j, T_ij: Linear(d+1 -> d) on [V; 1]
+    and Z_ij: Linear(p+1 -> d) on [z; 1], stacked over layers and factors, so a pass computes the
+    latent factors of every layer (and in `paper` mode their text maps) in one batched op.
 
     `paper` multiplies the two sums, which collapses to one affine map per factor (reference
     §2.4): V' = (A V + a) * f(z). `lowrank` sums per-rank products (Liu et al. 2018), a genuinely
     rank-r fusion.
     """
 
-    def __init__(self, d: int, p: int, rank: int, mode: str):
+    def __init__(self, n: int, d: int, p: int, rank: int, mode: str):
         super().__init__()
-        self.mode = mode
-        self.text_weight = nn.Parameter(torch.randn(rank, d, d + 1) * 0.02)
-        self.text_bias = nn.Parameter(torch.zeros(rank, d))
-        self.latent_weight = nn.Parameter(torch.randn(rank, d, p + 1) * 0.02)
-        self.latent_bias = nn.Parameter(torch.zeros(rank, d))
+        self.mode, self.d, self.p = mode, d, p
+        drawn = [(torch.randn(rank, d, d + 1) * 0.02, torch.randn(rank, d, p + 1) * 0.02) for _ in range(n)]
+        self.text_weight = nn.Parameter(torch.stack([text for text, _ in drawn]))  # (n, r, d, d+1)
+        self.text_bias = nn.Parameter(torch.zeros(n, rank, d))
+        self.latent_weight = nn.Parameter(torch.stack([latent for _, latent in drawn]))  # (n, r, d, p+1)
+        self.latent_bias = nn.Parameter(torch.zeros(n, rank, d))
 
-    def latent_factor(self, z: torch.Tensor) -> torch.Tensor:
-        """z (N, p) -> (N, d) for `paper`, (N, r, d) for `lowrank`."""
-        w, b = self.latent_weight, self.latent_bias  # (r, d, p+1), (r, d)
+    def latent_factors(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """z (N, n, p), layer i's latent in column i -> per layer (N, d) in `paper`, (N, r, d) in `lowrank`."""
+        w, b = self.latent_weight, self.latent_bias
         if self.mode == "paper":
-            w, b = w.sum(0), b.sum(0)
-            return z @ w[:, :-1].T + (w[:, -1] + b)
-        return torch.einsum("np,rdp->nrd", z, w[..., :-1]) + (w[..., -1] + b)
+            w, b = w.sum(1), b.sum(1)  # (n, d, p+1), (n, d)
+            w_z, w_1 = w.split([self.p, 1], -1)
+            return (torch.bmm(z.transpose(0, 1), w_z.transpose(1, 2)) + (w_1[..., 0] + b)[:, None]).unbind(0)
+        w_z, w_1 = w.split([self.p, 1], -1)
+        return (torch.einsum("nip,irdp->inrd", z, w_z) + (w_1[..., 0] + b)[:, None]).unbind(0)
 
-    def _text_map(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """`paper`: the summed map (A (d, d), a (d,)) of V -> sum_j T_j [V; 1]."""
-        w = self.text_weight.sum(0)
-        return w[:, :-1], w[:, -1] + self.text_bias.sum(0)
+    def text_maps(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """`paper`: every layer's summed map V -> sum_j T_ij [V; 1] = A_i V + a_i, as per-layer
+        tuples of A_i (d, d) and a_i (d,), computed in one op for all layers."""
+        A, w_1 = self.text_weight.sum(1).split([self.d, 1], -1)
+        return A.unbind(0), (w_1[..., 0] + self.text_bias.sum(1)).unbind(0)
 
-    def forward(self, v: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        """V (N, T, d) -> V' (N, T, d)."""
+    def values(self, i: int, v: torch.Tensor, factor: torch.Tensor, maps) -> torch.Tensor:
+        """Layer i: V (N, T, d) -> V' (N, T, d); `maps()` gives text_maps(), computed once a pass."""
         if self.mode == "paper":
-            A, a = self._text_map()
-            return (v @ A.T + a) * factor[:, None, :]
-        w, b = self.text_weight, self.text_bias  # (r, d, d+1), (r, d)
+            A, a = maps()
+            return (v @ A[i].T + a[i]) * factor[:, None, :]
+        w, b = self.text_weight[i], self.text_bias[i]  # (r, d, d+1), (r, d)
         r, d = b.shape
         text = v @ w[..., :-1].reshape(r * d, d).T + (w[..., -1] + b).reshape(r * d)  # (N, T, r*d)
         return (text.view(*v.shape[:2], r, d) * factor[:, None]).sum(2)
 
-    def project(self, h: torch.Tensor, c_attn, factor: torch.Tensor, fold: bool | None = None):
-        """The layer's Q, K, V' from its input h (N, T, d). In `paper` mode with more tokens than
-        d, A is folded into the value columns of c_attn (one d^3 product per pass instead of
-        N*T*d^2), so the fusion costs a single elementwise product per token."""
+    def folded(self, projections: list, maps) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`paper`: each layer's QKV projection (a GPT-2 Conv1D: y = x W + b, W (d, 3d)) with A_i, a_i
+        folded into its value columns, one batched d^3 product for all layers: [(W', b')] per layer."""
+        d = self.d
+        A, a = maps()
+        A_t = torch.stack(A).transpose(1, 2)
+        (w_qk, w_v), (b_qk, b_v) = (zip(*(getattr(c, name).split([2 * d, d], -1) for c in projections))
+                                    for name in ("weight", "bias"))
+        w_v = torch.bmm(torch.stack(w_v), A_t).unbind(0)
+        b_v = (torch.bmm(torch.stack(b_v)[:, None], A_t)[:, 0] + torch.stack(a)).unbind(0)
+        return [(torch.cat([w, wv], 1), torch.cat([b, bv])) for w, wv, b, bv in zip(w_qk, w_v, b_qk, b_v)]
+
+    def project(self, i: int, h: torch.Tensor, c_attn, factor: torch.Tensor, maps, folded):
+        """Layer i's Q, K, V' from its input h (N, T, d). In `paper` mode with more tokens than d,
+        the projection is the folded one (one d^3 product a pass instead of N*T*d^2), so the fusion
+        costs a single elementwise product per token; `folded()` is computed once a pass."""
         N, T, d = h.shape
-        if fold is None:
-            fold = self.mode == "paper" and N * T > d
-        if not fold:
+        if self.mode != "paper" or N * T <= d:
             q, k, v = c_attn(h).split(d, dim=2)
-            return q, k, self(v, factor)
-        A, a = self._text_map()
-        weight, bias = c_attn.weight, c_attn.bias  # Conv1D: y = x @ weight + bias, weight (d, 3d)
-        weight = torch.cat([weight[:, : 2 * d], weight[:, 2 * d:] @ A.T], 1)
-        bias = torch.cat([bias[: 2 * d], bias[2 * d:] @ A.T + a])
+            return q, k, self.values(i, v, factor, maps)
+        weight, bias = folded()[i]
         q, k, v = torch.addmm(bias, h.reshape(N * T, d), weight).view(N, T, 3 * d).split(d, dim=2)
         return q, k, v * factor[:, None, :]
 
 
 class AdditiveFusion(nn.Module):
-    """−LTP (Table 4): the latent projected (W: p -> d, no bias) and added to the layer's values,
-    V' = V + W z, in place of the low-rank tensor product."""
+    """−LTP (Table 4): layer i's latent projected (W_i: p -> d, no bias) and added to its values,
+    V' = V + W_i z_i, in place of the low-rank tensor product."""
 
-    def __init__(self, d: int, p: int):
+    def __init__(self, n: int, d: int, p: int):
         super().__init__()
-        self.latent = _linear(p, d, bias=False)
+        self.latent = GroupedLinear(n, p, d, bias=False)
 
-    def latent_factor(self, z: torch.Tensor) -> torch.Tensor:
-        return self.latent(z)
+    def latent_factors(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """z (N, n, p) -> per layer W_i z_i (N, d)."""
+        return self.latent(z).unbind(1)
 
-    def forward(self, v: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        """V (N, T, d) -> V' = V + W z (N, T, d)."""
+    def text_maps(self) -> None:
+        """The values enter unmapped."""
+        return None
+
+    def values(self, i: int, v: torch.Tensor, factor: torch.Tensor, maps=None) -> torch.Tensor:
+        """V (N, T, d) -> V' = V + W_i z_i (N, T, d)."""
         return v + factor[:, None, :]
 
-    def project(self, h: torch.Tensor, c_attn, factor: torch.Tensor):
+    def project(self, i: int, h: torch.Tensor, c_attn, factor: torch.Tensor, maps=None, folded=None):
         q, k, v = c_attn(h).split(h.shape[-1], dim=2)
-        return q, k, self(v, factor)
+        return q, k, self.values(i, v, factor)
+
+
+@dataclass
+class Chain:
+    """One pass's view of the latent chain's maps: per group, the cell, posterior and prior heads
+    (views into their GroupedLinear), and for a CVAE the condition's prior terms W_c c_g."""
+    cell_hh: list[LinearMap]
+    cell_ih: list[LinearMap]
+    recog_h: list[LinearMap]
+    prior: list[LinearMap]
+    condition: tuple[torch.Tensor, ...] | None
 
 
 @MODELS.register("della")
@@ -180,19 +256,20 @@ class Della(LatentModel):
         G = self.n_groups
         self.inferred = set(range(G)[KL_LAYERS[config.kl_layers]])  # groups whose z_l is inferred from x
         self.pool = nn.ModuleList(build_pooling(config.pool, d) for _ in range(G))
-        self.recog_x = nn.ModuleList(_linear(d, 2 * p) for _ in range(G))  # W_q split as [W_qx | W_qh]:
-        self.recog_h = nn.ModuleList(_linear(p, 2 * p, bias=False) for _ in range(G))  # same map, separable
-        self.prior = nn.ModuleList(_linear(p, 2 * p) for _ in range(G))
-        self.cell_ih = nn.ModuleList(_linear(p, p) for _ in range(G))
-        self.cell_hh = nn.ModuleList(_linear(p, p) for _ in range(G))
-        self.fusion = nn.ModuleList(LowRankFusion(d, p, config.lmf_rank, config.lmf_mode) if config.fusion == "lmf"
-                                    else AdditiveFusion(d, p) for _ in self.layers)
+        self.recog_x = GroupedLinear(G, d, 2 * p)  # W_q split as [W_qx | W_qh]:
+        self.recog_h = GroupedLinear(G, p, 2 * p, bias=False)  # the same map, separable
+        self.prior = GroupedLinear(G, p, 2 * p)
+        self.cell_ih = GroupedLinear(G, p, p)
+        self.cell_hh = GroupedLinear(G, p, p)
+        n = len(self.layers)
+        self.fusion = (LowRankFusion(n, d, p, config.lmf_rank, config.lmf_mode) if config.fusion == "lmf"
+                       else AdditiveFusion(n, d, p))
         self.bow = _linear(p, d) if config.use_bow else None
         self.bn = (None if config.bn_gamma is None
                    else nn.ModuleList(PosteriorMeanBatchNorm(p, config.bn_gamma) for _ in range(G)))
         if conditional:
             self.condition_pool = nn.ModuleList(build_pooling(config.pool, d) for _ in range(G))
-            self.prior_condition = nn.ModuleList(_linear(d, 2 * p, bias=False) for _ in range(G))
+            self.prior_condition = GroupedLinear(G, d, 2 * p, bias=False)
 
     # --- encoder side ----------------------------------------------------------------------------
     def encode(self, input_ids, mask, condition=None):
@@ -209,18 +286,23 @@ class Della(LatentModel):
         pool_mask = mask if self.config.pool_mask else None
         return torch.stack([pool(out.layers[l], pool_mask) for pool, l in zip(pools, self.latent_layers)], 1)
 
+    def _chain(self, c: torch.Tensor | None) -> Chain:
+        """The chain's per-group maps for one pass, and the condition's prior terms W_c c_g."""
+        terms = None if c is None else self.prior_condition(c).unbind(-2)
+        return Chain(self.cell_hh.unbind(), self.cell_ih.unbind(), self.recog_h.unbind(), self.prior.unbind(), terms)
+
     def _is_root(self, g: int) -> bool:
         """Whether group g starts a chain: the first one, or every one without the recurrence."""
         return g == 0 or not self.config.recurrence
 
-    def _summary(self, g: int, h: torch.Tensor, z_prev: torch.Tensor) -> torch.Tensor:
+    def _summary(self, g: int, h: torch.Tensor, z_prev: torch.Tensor, chain: Chain) -> torch.Tensor:
         """h_g from h_{g-1} and z_{g-1}. A root's summary sees neither: 0 under the standard prior,
         the cell run on zeros under the learned one."""
         if self._is_root(g):
             if self.config.first_prior == "standard":
                 return torch.zeros_like(h)
             h, z_prev = torch.zeros_like(h), torch.zeros_like(z_prev)
-        return torch.tanh(self.cell_hh[g](h) + self.cell_ih[g](z_prev))
+        return torch.tanh(chain.cell_hh[g](h) + chain.cell_ih[g](z_prev))
 
     def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.clamp is not None:
@@ -229,11 +311,11 @@ class Della(LatentModel):
         return mean, logvar
 
     def _posterior_params(self, g: int, params: torch.Tensor, h: torch.Tensor,
-                          c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                          chain: Chain) -> tuple[torch.Tensor, torch.Tensor]:
         """Group g's posterior mean and log-variance from its [mu; log s2] (..., 2p) and the path's
         summary h (broadcastable to it); a group outside kl_layers has the prior's, q = p(z_g | z_<g)."""
         if g not in self.inferred:
-            mean, logvar = self._prior_params(g, h, c)
+            mean, logvar = self._prior_params(g, h, chain)
             shape = (*params.shape[:-1], self.latent_size)
             return mean.expand(shape), logvar.expand(shape)
         mean, logvar = self._split(params)
@@ -241,52 +323,62 @@ class Della(LatentModel):
             mean = self.bn[g](mean)
         return mean, logvar
 
-    def _prior_params(self, g: int, h: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """p(z_g | z_<g [, c_g]); c (..., G, d) broadcastable to h, or None (unconditional)."""
+    def _prior_params(self, g: int, h: torch.Tensor, chain: Chain) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(z_g | z_<g [, c_g]); the condition's term (..., 2p) broadcastable to h's, or none."""
         standard_root = self._is_root(g) and self.config.first_prior == "standard"
-        if c is None:
+        if chain.condition is None:
             if standard_root:
                 return torch.zeros_like(h), torch.zeros_like(h)
-            return self._split(self.prior[g](h))
-        params = self.prior_condition[g](c[..., g, :])
-        return self._split(params if standard_root else self.prior[g](h) + params)
+            return self._split(chain.prior[g](h))
+        term = chain.condition[g]
+        return self._split(term if standard_root else chain.prior[g](h) + term)
 
     def sample_posterior(self, features, k):
         x, c = self.split_features(features)
         B, G, _ = x.shape
-        from_x = torch.stack([self.recog_x[g](x[:, g]) for g in range(G)], 1)  # (B, G, 2p)
-        from_x = from_x.repeat(k, 1, 1)  # (K*B, G, 2p), sample-major
-        c = None if c is None else c.repeat(k, 1, 1)
+        chain = self._chain(None if c is None else c.repeat(k, 1, 1))
+        from_x = self.recog_x(x).repeat(k, 1, 1).unbind(1)  # G x (K*B, 2p), sample-major
         h = z = x.new_zeros((k * B, self.latent_size))
-        out = {key: [] for key in ("z", "log_q", "log_p", "kl", "mean", "logvar")}
-        for g in range(G):
-            h = self._summary(g, h, z)
-            qm, ql = self._posterior_params(g, from_x[:, g] + self.recog_h[g](h), h, c)
-            pm, pl = self._prior_params(g, h, c)
+        path = {key: [] for key in ("z", "mean", "logvar", "prior_mean", "prior_logvar")}
+        for g in range(G):  # only the draws are sequential; the densities are computed once, below
+            h = self._summary(g, h, z, chain)
+            qm, ql = self._posterior_params(g, from_x[g] + chain.recog_h[g](h), h, chain)
+            pm, pl = self._prior_params(g, h, chain)
             z = qm + torch.exp(0.5 * ql) * torch.randn_like(qm)
-            for key, value in (("z", z), ("mean", qm), ("logvar", ql), ("kl", gaussian_kl(qm, ql, pm, pl)),
-                               ("log_q", gaussian_log_density(z, qm, ql)),
-                               ("log_p", gaussian_log_density(z, pm, pl))):
-                out[key].append(value)
-        return Posterior(**{key: torch.stack(v, 1).view(k, B, G, *v[0].shape[1:]) for key, v in out.items()})
+            for key, value in zip(path, (z, qm, ql, pm, pl)):
+                path[key].append(value)
+        z, qm, ql, pm, pl = (torch.stack(v, 1) for v in path.values())  # (K*B, G, p)
+        posterior = {"z": z, "mean": qm, "logvar": ql, "kl": gaussian_kl(qm, ql, pm, pl),
+                     "log_q": gaussian_log_density(z, qm, ql), "log_p": gaussian_log_density(z, pm, pl)}
+        return Posterior(**{key: v.view(k, B, *v.shape[1:]) for key, v in posterior.items()})
 
-    def _summaries(self, z: torch.Tensor) -> torch.Tensor:
+    def prior_along(self, z: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(z_g | z_<g [, c_g]) for every group along given paths z (M, G, p), c (M, G, d) for a
+        CVAE: mean and log-variance (M, G, p)."""
+        chain = self._chain(c)
+        hs = self._summaries(z, chain).unbind(1)
+        mean, logvar = zip(*(self._prior_params(g, hs[g], chain) for g in range(self.n_groups)))
+        return torch.stack(mean, 1), torch.stack(logvar, 1)
+
+    def _summaries(self, z: torch.Tensor, chain: Chain) -> torch.Tensor:
         """h_g for every group along given paths z (M, G, p) -> (M, G, p)."""
-        h, hs = torch.zeros_like(z[:, 0]), []
+        z_prev = z.unbind(1)
+        h, hs = torch.zeros_like(z_prev[0]), []
         for g in range(self.n_groups):
-            h = self._summary(g, h, z[:, g - 1] if g else torch.zeros_like(h))
+            h = self._summary(g, h, z_prev[g - 1] if g else torch.zeros_like(h), chain)
             hs.append(h)
         return torch.stack(hs, 1)
 
     def log_q_matrix(self, z, features, chunk: int = 64):
         features, c = self.split_features(features)
-        from_x = torch.stack([self.recog_x[g](features[:, g]) for g in range(self.n_groups)], 1)  # (N, G, 2p)
-        hs = self._summaries(z)
-        from_h = torch.stack([self.recog_h[g](hs[:, g]) for g in range(self.n_groups)], 1)  # (M, G, 2p)
+        chain = self._chain(c)
+        from_x = self.recog_x(features)  # (N, G, 2p)
+        hs = self._summaries(z, chain)
+        from_h = self.recog_h(hs)  # (M, G, 2p)
         rows = []
         for i in range(0, z.shape[0], chunk):  # (m, N, G, 2p) at a time keeps memory bounded
             params = from_h[i:i + chunk, None] + from_x[None]
-            mean, logvar = zip(*(self._posterior_params(g, params[..., g, :], hs[i:i + chunk, None, g], c)
+            mean, logvar = zip(*(self._posterior_params(g, params[..., g, :], hs[i:i + chunk, None, g], chain)
                                  for g in range(self.n_groups)))
             mean, logvar = torch.stack(mean, -2), torch.stack(logvar, -2)
             rows.append(gaussian_log_density(z[i:i + chunk, None], mean, logvar).sum(-1))
@@ -295,27 +387,36 @@ class Della(LatentModel):
     def sample_prior(self, n, generator=None, condition=None):
         """Ancestral sampling, layer by layer: z_l ~ p(z_l | z_<l [, c_l])."""
         self.check_condition(condition)
-        c = None if condition is None else self.encode_condition(condition)
+        chain = self._chain(None if condition is None else self.encode_condition(condition))
         p = self.latent_size
         h = z = torch.zeros(n, p, device=self.device)
         zs = []
         for g in range(self.n_groups):
-            h = self._summary(g, h, z)
-            mean, logvar = self._prior_params(g, h, c)
+            h = self._summary(g, h, z, chain)
+            mean, logvar = self._prior_params(g, h, chain)
             eps = torch.randn(n, p, generator=generator, device=self.device)
             z = mean + torch.exp(0.5 * logvar) * eps
             zs.append(z)
         return torch.stack(zs, 1)
 
     # --- decoder side ----------------------------------------------------------------------------
+    def layer_factors(self, z: torch.Tensor):
+        """Each fused layer's latent factor (one batched op for all) and, computed once a pass on
+        first use, the fusion's text maps."""
+        if self.config.shared_latent:
+            z = z.expand(-1, len(self.layers), -1)
+        return self.fusion.latent_factors(z), functools.cache(self.fusion.text_maps)
+
     def injection(self, z):
-        hooks = {}
-        for i, (layer, fusion) in enumerate(zip(self.layers, self.fusion)):
-            g = 0 if self.config.shared_latent else i
-            hooks[layer] = functools.partial(fusion.project, factor=fusion.latent_factor(z[:, g]))
-        return Injection(qkv=hooks)
+        factors, maps = self.layer_factors(z)
+        projections = [self.backbone.gpt2.h[layer].attn.c_attn for layer in self.layers]
+        folded = functools.cache(lambda: self.fusion.folded(projections, maps))
+        return Injection(qkv={layer: functools.partial(self.fusion.project, i, factor=factors[i], maps=maps,
+                                                       folded=folded)
+                              for i, layer in enumerate(self.layers)})
 
     def aggregate_kl(self, kl):
         if self.config.kl_threshold > 0:
             kl = kl.clamp(min=self.config.kl_threshold)
         return kl.sum(-1) if self.config.kl_aggregate == "sum" else kl.mean(-1)
+
