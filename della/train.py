@@ -344,7 +344,12 @@ class Trainer:
         if warm:  # weights-only: a fresh optimizer at the current train.*, this run's seeded RNG streams
             self.warm_start = {"checkpoint": str(path), "epoch": state["epoch"], "fingerprint": state["fingerprint"]}
         else:
-            self.optimizer.load_state_dict(state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except ValueError as err:  # another parameter layout: a checkpoint of another version of the code
+                raise CheckpointError(f"{path}: its optimizer state does not fit this model's parameters ({err}); "
+                                      f"it was written by another version of della: set train.resume: never "
+                                      f"(or delete {self.run.checkpoint_dir}) to retrain") from err
             self.warm_start = state["warm_start"]
             set_rng_state(state["rng"][self.dist.rank])
         for key in ("epoch", "step", "beta", "log_lines", "train_seconds", "tokens_seen"):

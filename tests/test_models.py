@@ -196,6 +196,26 @@ def test_save_and_load_round_trip(tmp_path):
     assert torch.equal(model.decode(ids, z)[0], loaded.decode(ids, z)[0])
 
 
+@pytest.mark.parametrize("fusion", ["lmf", "add"])
+def test_a_checkpoint_of_the_per_group_layout_still_loads(tmp_path, fusion):
+    """Saved before DELLA's per-layer weights were stacked: `recog_x.0.weight`, `fusion.1.text_weight`."""
+    model = tiny_model("della", fusion=fusion)
+    model.save_pretrained(tmp_path / "m")
+    per_group = {}
+    for key, value in torch.load(tmp_path / "m" / "model.pt").items():
+        name, _, param = key.partition(".")
+        if name in ("recog_x", "recog_h", "prior", "cell_ih", "cell_hh", "fusion"):
+            per_group.update({f"{name}.{g}.{param}": tensor.clone() for g, tensor in enumerate(value)})
+        else:
+            per_group[key] = value
+    assert "fusion.2.latent.weight" in per_group or "fusion.2.text_weight" in per_group
+    torch.save(per_group, tmp_path / "m" / "model.pt")
+    loaded = type(model).from_pretrained(tmp_path / "m").eval()
+    ids, _ = random_batch()
+    z = model.sample_prior(4)
+    assert torch.equal(model.decode(ids, z)[0], loaded.decode(ids, z)[0])
+
+
 def test_folded_value_projection_equals_the_fusion_applied_after_it():
     model = tiny_model("della")
     fusion = model.fusion

@@ -152,6 +152,17 @@ def test_resume_weights_only_keeps_weights_and_counters_with_a_fresh_optimizer(c
     assert again["resumed_from"]["epoch"] == 2 and again["warm_start"] == warm["warm_start"]
 
 
+def test_a_checkpoint_whose_optimizer_does_not_fit_the_model_names_the_file_and_the_way_on(cfg, tmp_path):
+    train(cfg(), tmp_path / "run")
+    path = tmp_path / "run" / "checkpoint" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    group["params"] = [*group["params"], max(group["params"]) + 1]  # one tensor more: another layout
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"last.pt: its optimizer state does not fit .* train.resume: never"):
+        train(cfg(epochs=2), tmp_path / "run")
+
+
 def test_resume_weights_only_refuses_another_architecture(cfg, tmp_path):
     train(cfg(), tmp_path / "run")
     other = RunConfig.from_dict({**cfg(resume="weights-only").to_dict(), "model_args": {"latent_size": 8}})

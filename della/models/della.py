@@ -36,6 +36,7 @@ this cuts the ops of DELLA's step by over a quarter (`benchmarks/train_speed.py`
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -49,6 +50,8 @@ from della.models.base import (MODELS, POOLING_KINDS, Condition, LatentModel, Po
 from della.models.bn_vae import PosteriorMeanBatchNorm
 
 KL_LAYERS = {"all": slice(None), "first": slice(0, 1), "last": slice(-1, None)}  # groups with a posterior
+# a key of the layout before the per-layer weights were stacked: `recog_x.{g}.weight`, `fusion.{i}.text_weight`
+PER_GROUP_KEY = re.compile(r"(recog_x|recog_h|prior|cell_ih|cell_hh|prior_condition|fusion)\.(\d+)\.(.+)")
 
 
 @dataclass(frozen=True)
@@ -121,8 +124,13 @@ class GroupedLinear(nn.Module):
         return torch.baddbmm(self.bias[:, None], x.transpose(0, 1), weight).transpose(0, 1)
 
     def unbind(self) -> list[LinearMap]:
-        biases = [None] * len(self) if self.bias is None else self.bias.unbind(0)
-        return [LinearMap(w, b) for w, b in zip(self.weight.unbind(0), biases)]
+        return self.maps(self.weight, self.bias)
+
+    @staticmethod
+    def maps(weight: torch.Tensor, bias: torch.Tensor | None) -> list[LinearMap]:
+        """Stacked weights (G, n_out, n_in) and biases (G, n_out) -> the G maps, as views."""
+        biases = [None] * len(weight) if bias is None else bias.unbind(0)
+        return [LinearMap(w, b) for w, b in zip(weight.unbind(0), biases)]
 
     def __getitem__(self, g: int) -> LinearMap:
         return LinearMap(self.weight[g], None if self.bias is None else self.bias[g])
@@ -181,12 +189,12 @@ class LowRankFusion(nn.Module):
         folded into its value columns, one batched d^3 product for all layers: [(W', b')] per layer."""
         d = self.d
         A, a = maps()
-        A_t = torch.stack(A).transpose(1, 2)
-        (w_qk, w_v), (b_qk, b_v) = (zip(*(getattr(c, name).split([2 * d, d], -1) for c in projections))
-                                    for name in ("weight", "bias"))
-        w_v = torch.bmm(torch.stack(w_v), A_t).unbind(0)
-        b_v = (torch.bmm(torch.stack(b_v)[:, None], A_t)[:, 0] + torch.stack(a)).unbind(0)
-        return [(torch.cat([w, wv], 1), torch.cat([b, bv])) for w, wv, b, bv in zip(w_qk, w_v, b_qk, b_v)]
+        A_t = torch.stack(A).transpose(1, 2)  # (n, d, d)
+        w_qk, w_v = torch.stack([c.weight for c in projections]).split([2 * d, d], -1)  # (n, d, 2d), (n, d, d)
+        b_qk, b_v = torch.stack([c.bias for c in projections]).split([2 * d, d], -1)
+        weights = torch.cat([w_qk, torch.bmm(w_v, A_t)], -1)
+        biases = torch.cat([b_qk, torch.bmm(b_v[:, None], A_t)[:, 0] + torch.stack(a)], -1)
+        return list(zip(weights.unbind(0), biases.unbind(0)))
 
     def project(self, i: int, h: torch.Tensor, c_attn, factor: torch.Tensor, maps, folded):
         """Layer i's Q, K, V' from its input h (N, T, d). In `paper` mode with more tokens than d,
@@ -226,12 +234,24 @@ class AdditiveFusion(nn.Module):
         return q, k, self.values(i, v, factor)
 
 
+def stack_per_group_keys(state: dict, prefix: str, *_) -> None:
+    """A state_dict saved before the per-layer weights were stacked holds them per group or layer
+    (`recog_x.0.weight`, `fusion.1.text_weight`): stacked here (`recog_x.weight`, `fusion.text_weight`)
+    so its checkpoints still load."""
+    stacks: dict[str, dict[int, torch.Tensor]] = {}
+    for key in [k for k in state if k.startswith(prefix)]:
+        if match := PER_GROUP_KEY.fullmatch(key[len(prefix):]):
+            name, index, param = match.groups()
+            stacks.setdefault(f"{prefix}{name}.{param}", {})[int(index)] = state.pop(key)
+    for key, tensors in stacks.items():
+        state[key] = torch.stack([tensors[i] for i in sorted(tensors)])
+
+
 @dataclass
 class Chain:
-    """One pass's view of the latent chain's maps: per group, the cell, posterior and prior heads
-    (views into their GroupedLinear), and for a CVAE the condition's prior terms W_c c_g."""
-    cell_hh: list[LinearMap]
-    cell_ih: list[LinearMap]
+    """One pass's view of the latent chain's maps: per group, the cell (on [h; z]), posterior and
+    prior heads (views into their GroupedLinear), and for a CVAE the condition's prior terms W_c c_g."""
+    cell: list[LinearMap]
     recog_h: list[LinearMap]
     prior: list[LinearMap]
     condition: tuple[torch.Tensor, ...] | None
@@ -270,6 +290,7 @@ class Della(LatentModel):
         if conditional:
             self.condition_pool = nn.ModuleList(build_pooling(config.pool, d) for _ in range(G))
             self.prior_condition = GroupedLinear(G, d, 2 * p, bias=False)
+        self._register_load_state_dict_pre_hook(stack_per_group_keys)
 
     # --- encoder side ----------------------------------------------------------------------------
     def encode(self, input_ids, mask, condition=None):
@@ -287,9 +308,12 @@ class Della(LatentModel):
         return torch.stack([pool(out.layers[l], pool_mask) for pool, l in zip(pools, self.latent_layers)], 1)
 
     def _chain(self, c: torch.Tensor | None) -> Chain:
-        """The chain's per-group maps for one pass, and the condition's prior terms W_c c_g."""
+        """The chain's per-group maps for one pass, and the condition's prior terms W_c c_g. The cell
+        W_hh h + b_hh + W_ih z + b_ih is one map of [h; z]."""
+        cell = GroupedLinear.maps(torch.cat([self.cell_hh.weight, self.cell_ih.weight], -1),
+                                  self.cell_hh.bias + self.cell_ih.bias)
         terms = None if c is None else self.prior_condition(c).unbind(-2)
-        return Chain(self.cell_hh.unbind(), self.cell_ih.unbind(), self.recog_h.unbind(), self.prior.unbind(), terms)
+        return Chain(cell, self.recog_h.unbind(), self.prior.unbind(), terms)
 
     def _is_root(self, g: int) -> bool:
         """Whether group g starts a chain: the first one, or every one without the recurrence."""
@@ -302,7 +326,7 @@ class Della(LatentModel):
             if self.config.first_prior == "standard":
                 return torch.zeros_like(h)
             h, z_prev = torch.zeros_like(h), torch.zeros_like(z_prev)
-        return torch.tanh(chain.cell_hh[g](h) + chain.cell_ih[g](z_prev))
+        return torch.tanh(chain.cell[g](torch.cat([h, z_prev], -1)))
 
     def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.clamp is not None:
@@ -342,7 +366,7 @@ class Della(LatentModel):
         path = {key: [] for key in ("z", "mean", "logvar", "prior_mean", "prior_logvar")}
         for g in range(G):  # only the draws are sequential; the densities are computed once, below
             h = self._summary(g, h, z, chain)
-            qm, ql = self._posterior_params(g, from_x[g] + chain.recog_h[g](h), h, chain)
+            qm, ql = self._posterior_params(g, torch.addmm(from_x[g], h, chain.recog_h[g].weight.T), h, chain)
             pm, pl = self._prior_params(g, h, chain)
             z = qm + torch.exp(0.5 * ql) * torch.randn_like(qm)
             for key, value in zip(path, (z, qm, ql, pm, pl)):
