@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import pytest
 import torch
 
 from della.models import MODELS
 from della.models.base import runs_on
-from della.models.della import LowRankFusion
+from della.models.della import LowRankFusion, once
 from tests.conftest import random_batch, tiny_model
 
 # Every registered model is tested: a new model file is picked up by these tests without an edit.
@@ -127,7 +126,7 @@ def test_lowrank_fusion_matches_the_formula_of_eq_9_at_every_layer():
         with torch.no_grad():
             f.text_bias.normal_()
             f.latent_bias.normal_()
-        factors, maps = f.latent_factors(z), functools.cache(f.text_maps)
+        factors, maps = f.latent_factors(z), once(f.text_maps)
         for i in range(n):
             text = [torch.cat([v, one_v], -1) @ f.text_weight[i, j].T + f.text_bias[i, j] for j in range(r)]
             lat = [torch.cat([z[:, i], one_z], -1) @ f.latent_weight[i, j].T + f.latent_bias[i, j] for j in range(r)]
@@ -226,7 +225,7 @@ def test_folded_value_projection_equals_the_fusion_applied_after_it():
             c_attn.bias.normal_()
     h, z = torch.randn(3, 20, 32), torch.randn(3, model.n_groups, model.latent_size)
     factors, maps = model.layer_factors(z)
-    folded = functools.cache(lambda: fusion.folded(projections, maps))
+    folded = once(lambda: fusion.folded(projections, maps))
     for i, c_attn in enumerate(projections):  # 3 x 20 tokens > d = 32: the folded projection
         q, k, v = c_attn(h).split(32, dim=2)
         plain = (q, k, fusion.values(i, v, factors[i], maps))

@@ -234,6 +234,19 @@ class AdditiveFusion(nn.Module):
         return q, k, self.values(i, v, factor)
 
 
+def once(compute):
+    """A function returning compute()'s result, computed at its first call: what a decoder pass's
+    layers share. A dict, not functools.cache: torch.compile traces through a cache wrapper (so each
+    layer would recompute it), but keeps a dict's contents."""
+    memo = {}
+
+    def value():
+        if not memo:
+            memo["value"] = compute()
+        return memo["value"]
+    return value
+
+
 def stack_per_group_keys(state: dict, prefix: str, *_) -> None:
     """A state_dict saved before the per-layer weights were stacked holds them per group or layer
     (`recog_x.0.weight`, `fusion.1.text_weight`): stacked here (`recog_x.weight`, `fusion.text_weight`)
@@ -429,12 +442,12 @@ class Della(LatentModel):
         first use, the fusion's text maps."""
         if self.config.shared_latent:
             z = z.expand(-1, len(self.layers), -1)
-        return self.fusion.latent_factors(z), functools.cache(self.fusion.text_maps)
+        return self.fusion.latent_factors(z), once(self.fusion.text_maps)
 
     def injection(self, z):
         factors, maps = self.layer_factors(z)
         projections = [self.backbone.gpt2.h[layer].attn.c_attn for layer in self.layers]
-        folded = functools.cache(lambda: self.fusion.folded(projections, maps))
+        folded = once(lambda: self.fusion.folded(projections, maps))
         return Injection(qkv={layer: functools.partial(self.fusion.project, i, factor=factors[i], maps=maps,
                                                        folded=folded)
                               for i, layer in enumerate(self.layers)})
