@@ -30,7 +30,7 @@ over source + target, so the condition reaches it through the encoder's input.
 The per-layer weights are stacked over the layers (GroupedLinear, LowRankFusion), so a pass runs the
 heads that do not wait on the recurrence, the latent factors and the text maps of all layers in one
 batched op each. A small model's GPU step is bound by kernel launches, not arithmetic (issue 11);
-this cuts the ops of DELLA's step by over a quarter (`benchmarks/train_speed.py` counts them).
+this cuts the ops of DELLA's step by a quarter to a third (`benchmarks/train_speed.py` counts them).
 """
 
 from __future__ import annotations
