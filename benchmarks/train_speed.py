@@ -11,7 +11,7 @@ head plus one decoder pass (della.flops.vae_lm_floor); MFU is della.flops' count
 dense peak (della.flops.PEAK_TFLOPS by device name, or --peak-tflops).
 
     python benchmarks/train_speed.py [--sizes a,b] [--precisions fp32] [--steps 12] [--threads 2]
-                                     [--device cuda] [--compile] [--peak-tflops 989] [--quick]
+                                     [--device cuda] [--compile [reduce-overhead]] [--peak-tflops 989] [--quick]
 
 --quick: miniature shapes (2 layers, d=64, vocab 512, batch 4, seq 16) and 2 steps, to dry-run every
 code path on a CPU; its numbers mean nothing.
@@ -44,7 +44,7 @@ from della.config import BackboneConfig, TrainConfig
 from della.flops import PEAK_TFLOPS, cvae_floor, matmul_precision, peak_tflops, train_flops_per_token, vae_lm_floor
 from della.models import Vocab, build_model
 from della.models.base import Condition
-from della.train import autocast, make_optimizer
+from della.train import autocast, compile_model, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +111,7 @@ def batch(size: Size, vocab: Vocab, device: torch.device, kind: str | None):
     return ids, torch.ones_like(ids, dtype=torch.float), condition
 
 
-def make_step(name: str, size: Size, device: torch.device, precision: str, compile_model: bool,
+def make_step(name: str, size: Size, device: torch.device, precision: str, compile_mode: bool | str,
               kind: str | None = None):
     """kind: None for the sentence task on GPT-2; gpt2 | bart for a CVAE on that backbone."""
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def make_step(name: str, size: Size, device: torch.device, precision: str, compi
     model = build_model(name, args, vocab, backbone_config=backbone, conditional=kind is not None)
     model = model.to(device).train()
     opt = make_optimizer(model, TrainConfig(lr=1e-4), device)
-    step_fn = torch.compile(model, options={"fallback_random": True}) if compile_model else model
+    step_fn = compile_model(model, compile_mode)
     ids, mask, condition = batch(size, vocab, device, kind)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -136,18 +136,24 @@ def make_step(name: str, size: Size, device: torch.device, precision: str, compi
         sync()
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
+        if compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         forward_backward()
         opt.step()
         sync()
         return time.perf_counter() - start
 
     ops = None
-    if not compile_model:  # a compiled step's launches are its generated kernels: not counted
+    if not compile_mode:  # a compiled step's launches are its generated kernels: not counted
         with OpCounter() as counter:
             forward_backward()
         opt.zero_grad(set_to_none=True)
         ops = counter.ops
     return step, sum(p.numel() for p in model.parameters()), ops
+
+
+def compiled_text(mode: bool | str) -> str:
+    return {False: "", True: " compiled"}.get(mode, f" compiled ({mode}: CUDA graphs on CUDA)")
 
 
 def ops_text(runs: dict, name: str, base: str) -> str:
@@ -178,7 +184,7 @@ def bench(label: str, size: Size, precision: str, steps: int, device: torch.devi
     med = {name: statistics.median(t) for name, t in times.items()}
     tokens = size.batch * size.seq
     peak, source = card_peak(device, precision, args.peak_tflops)
-    print(f"\nsize ({label}) {precision}{' compiled' if args.compile else ''}: {size.n_layer} layers, "
+    print(f"\nsize ({label}) {precision}{compiled_text(args.compile)}: {size.n_layer} layers, "
           f"d={size.n_embd}, vocab {size.vocab}, batch {size.batch}, seq {size.seq}, latent {LATENT}; "
           f"median of {steps} steps; peak {f'{peak:g} TFLOP/s ({source})' if peak else f'unknown: {source}'}")
     mfu = {}
@@ -215,7 +221,7 @@ def bench_conditional(label: str, size: Size, precision: str, steps: int, device
                 times[name].append(elapsed)
     med = {name: statistics.median(t) for name, t in times.items()}
     layers = size.n_layer // 2 if kind == "bart" else size.n_layer
-    print(f"\nCVAE on {kind}, size ({label}) {precision}: {layers} layers{' each side' if kind == 'bart' else ''}, "
+    print(f"\nCVAE on {kind}, size ({label}) {precision}{compiled_text(args.compile)}: {layers} layers{' each side' if kind == 'bart' else ''}, "
           f"d={size.n_embd}, vocab {size.vocab}, batch {size.batch}, source {size.seq} + target {size.seq} "
           f"tokens, latent {LATENT}; median of {steps} steps")
     for name in names:
@@ -248,7 +254,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--compile", action="store_true", help="torch.compile each model, as train.compile")
+    p.add_argument("--compile", nargs="?", const=True, default=False, choices=(True, "reduce-overhead"),
+                   help="torch.compile each model, as train.compile: true (bare --compile) or reduce-overhead")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help=f"the card's dense peak for MFU (default: by name from {', '.join(PEAK_TFLOPS)})")
     p.add_argument("--quick", action="store_true", help="miniature shapes and 2 steps: a dry run of every path")

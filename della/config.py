@@ -74,7 +74,7 @@ class TrainConfig:
     resume: str = "auto"  # auto | never | weights-only: what a rerun takes from checkpoint/ (README "Resuming")
     precision: str = "fp32"  # fp32 | bf16: autocast of the forward; densities, KL and log-sum-exp stay fp32
     fused_adam: bool | str = "auto"  # auto: the fused AdamW kernel on CUDA and the CPU, the plain one elsewhere
-    compile: bool = False  # torch.compile the trained model (its first steps compile)
+    compile: bool | str = False  # torch.compile the trained model; reduce-overhead: + CUDA graphs (on CUDA)
 
     def __post_init__(self):
         if self.resume not in RESUME_MODES:
@@ -83,8 +83,8 @@ class TrainConfig:
             raise ConfigError(f"train.precision = {self.precision!r}; valid: {list(PRECISIONS)}")
         if self.fused_adam not in ("auto", True, False):
             raise ConfigError(f"train.fused_adam = {self.fused_adam!r}; valid: auto, true, false")
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"train.compile = {self.compile!r}; valid: true, false")
+        if not (isinstance(self.compile, bool) or self.compile == "reduce-overhead"):
+            raise ConfigError(f"train.compile = {self.compile!r}; valid: false, true, reduce-overhead")
 
 
 @dataclass(frozen=True)

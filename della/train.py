@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -121,6 +122,16 @@ def use_fused_adam(cfg: TrainConfig, device: torch.device) -> bool:
 def make_optimizer(model: LatentModel, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
                              fused=use_fused_adam(cfg, device))
+
+
+def compile_model(model: nn.Module, mode: bool | str) -> nn.Module:
+    """train.compile: torch.compile with the eager RNG stream (fallback_random), so compiled and eager
+    steps draw the same noise; `reduce-overhead` also records each step's kernels as CUDA graphs and
+    replays them, one launch a graph (on CUDA; the CPU has none, so there it is `true`). A graph is
+    recorded per distinct batch shape."""
+    if not mode:
+        return model
+    return torch.compile(model, options={"fallback_random": True, "triton.cudagraphs": mode == "reduce-overhead"})
 
 
 def autocast(device: torch.device, precision: str):
@@ -294,8 +305,7 @@ class Trainer:
         torch.manual_seed(cfg.seed * 1_000 + self.dist.rank)  # own dropout and posterior noise per rank
         self.trained = self.model if self.dist.world == 1 else DistributedDataParallel(
             self.model, find_unused_parameters=self._has_unused_parameters())
-        if tc.compile:  # fallback_random: the eager RNG stream, so compiled and eager steps draw the same noise
-            self.trained = torch.compile(self.trained, options={"fallback_random": True})
+        self.trained = compile_model(self.trained, tc.compile)
         self.optimizer = make_optimizer(self.model, tc, self.device)
         self.schedule = BetaSchedule(tc, self.steps_per_epoch)
         self.epoch, self.step, self.beta, self.log_lines = 0, 0, self.schedule.initial(), 0
@@ -493,6 +503,8 @@ class Trainer:
                 last = i == len(group) - 1
                 sync = contextlib.nullcontext() if last or self.dist.world == 1 else self.trained.no_sync()
                 with sync:
+                    if tc.compile == "reduce-overhead":  # a new step: the last one's graph outputs may be overwritten
+                        torch.compiler.cudagraph_mark_step_begin()
                     with autocast(self.device, tc.precision):
                         out = self.trained(ids, mask, self.beta, condition)
                     (out.loss / len(group)).backward()

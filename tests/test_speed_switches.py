@@ -3,7 +3,7 @@
 - the training loop keeps its sums on the device and syncs once per logged step: its log is
   bit-identical to a plain loop that reads every micro-batch with .item();
 - fused AdamW (train.fused_adam) equals the plain AdamW;
-- torch.compile (train.compile) equals the eager step;
+- torch.compile (train.compile, with and without CUDA graphs) equals the eager step;
 - the backbone's SDPA attention equals a hand-written softmax attention;
 - DELLA's batched latent path (grouped heads, layer-stacked fusion, the folded value projection)
   equals its equations written plainly, one group and one layer at a time: loss and every gradient.
@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from della.batches import collate, shuffled_batches
-from della.config import TrainConfig
+from della.config import ConfigError, TrainConfig
 from della.models import backbone as backbone_module
 from della.models.backbone import Injection
-from della.train import Trainer, make_optimizer, train, use_fused_adam
+from della.train import Trainer, compile_model, make_optimizer, train, use_fused_adam
 from tests.conftest import random_batch, tiny_model
 from tests.test_train import run_config
 
@@ -91,6 +91,30 @@ def test_run_json_records_the_resolved_speed_switches_and_why_mfu_is_null(corpus
     assert cost["flops_per_token"] > 0
 
 
+@pytest.mark.slow
+def test_a_compiled_training_logs_the_eager_trainings_numbers(corpus, tmp_path):
+    """The Trainer's compiled path (reduce-overhead: CUDA graphs' step marks; on the CPU the same
+    kernels as `true`), three steps of shapes that vary, and run.json records the mode."""
+    logs = []
+    for mode in (False, "reduce-overhead"):
+        summary = train(run_config(corpus, epochs=1, beta_schedule="constant", compile=mode), tmp_path / str(mode))
+        assert summary["speed"]["compile"] == mode
+        lines = (tmp_path / str(mode) / "train-log.jsonl").read_text().splitlines()
+        logs.append([(r["loss"], r["kl"]) for r in map(json.loads, lines) if r["split"] == "train"])
+    assert len(logs[0]) == len(logs[1]) == 3
+    for (eager_loss, eager_kl), (loss, kl) in zip(*logs):
+        assert math.isclose(loss, eager_loss, rel_tol=1e-5) and math.isclose(kl, eager_kl, abs_tol=1e-5)
+
+
+def test_compile_takes_false_true_or_reduce_overhead_and_names_the_key_otherwise():
+    assert compile_model(model := tiny_model("della"), False) is model
+    for mode in (False, True, "reduce-overhead"):
+        TrainConfig(compile=mode)
+    for wrong in ("max-autotune", 1, "true"):
+        with pytest.raises(ConfigError, match=f"train.compile = {wrong!r}"):
+            TrainConfig(compile=wrong)
+
+
 def test_fused_adam_auto_means_cuda_and_cpu():
     assert use_fused_adam(TrainConfig(), torch.device("cuda")) is True
     assert use_fused_adam(TrainConfig(), CPU) is True
@@ -115,10 +139,11 @@ def test_fused_adamw_equals_the_plain_adamw():
 
 
 @pytest.mark.slow
-def test_a_compiled_step_equals_the_eager_step():
+@pytest.mark.parametrize("mode", [True, "reduce-overhead"])  # the CPU has no CUDA graphs: the same kernels
+def test_a_compiled_step_equals_the_eager_step(mode):
     model = tiny_model("della").train()
     ids, mask = random_batch()
-    compiled = torch.compile(model, options={"fallback_random": True})  # as Trainer compiles
+    compiled = compile_model(model, mode)  # as Trainer compiles
     losses, grads = [], []
     for step in (compiled, model):
         model.zero_grad(set_to_none=True)
@@ -132,20 +157,21 @@ def test_a_compiled_step_equals_the_eager_step():
 
 
 def _plain_della_loss(model, ids, mask, beta: float) -> torch.Tensor:
-    """DELLA's training loss (learned first prior, `paper` LMF) written plainly from its weights: one
-    latent group and one fused layer at a time, Eqs. 7-9, with no batching, folding or caching."""
+    """DELLA's training loss (`paper` LMF) written plainly from its weights: one latent group and one
+    fused layer at a time, Eqs. 7-9, with no batching, folding, masking or caching."""
     x, B, p, d = model.encode(ids, mask), ids.shape[0], model.latent_size, model.backbone.n_embd
 
     def linear(heads, g, v):
         return F.linear(v, heads.weight[g], None if heads.bias is None else heads.bias[g])
 
     h = z = torch.zeros(B, p)
-    zs, kl = [], 0.0
+    zs, kl, noise = [], 0.0, torch.randn(model.n_groups, B, p)  # the noise of every group drawn at once
     for g in range(model.n_groups):
-        h = torch.tanh(linear(model.cell_hh, g, h) + linear(model.cell_ih, g, z))  # zeros in, for g = 0
+        standard_root = g == 0 and model.config.first_prior == "standard"  # p(z_1) = N(0, I), h_1 = 0
+        h = h if standard_root else torch.tanh(linear(model.cell_hh, g, h) + linear(model.cell_ih, g, z))
         qm, ql = (linear(model.recog_x, g, x[:, g]) + linear(model.recog_h, g, h)).chunk(2, -1)
-        pm, pl = linear(model.prior, g, h).chunk(2, -1)
-        z = qm + torch.exp(0.5 * ql) * torch.randn_like(qm)
+        pm, pl = torch.zeros(2, B, p) if standard_root else linear(model.prior, g, h).chunk(2, -1)
+        z = qm + torch.exp(0.5 * ql) * noise[g]
         zs.append(z)
         kl = kl + 0.5 * (pl - ql + (torch.exp(ql) + (qm - pm) ** 2) / torch.exp(pl) - 1).sum(-1)
 
@@ -165,10 +191,11 @@ def _plain_della_loss(model, ids, mask, beta: float) -> torch.Tensor:
     return (((ce * mask[:, 1:]).sum(1)) + beta * kl).mean()
 
 
-def test_dellas_batched_latent_path_equals_its_equations_written_plainly():
+@pytest.mark.parametrize("first_prior", ["learned", "standard"])
+def test_dellas_batched_latent_path_equals_its_equations_written_plainly(first_prior):
     """Loss and every gradient, fp32, 1e-5 relative; 4 x 9 tokens > d = 32, so the decoder takes
-    the folded value projection."""
-    model = tiny_model("della", first_prior="learned").train()
+    the folded value projection. Under the standard prior the first prior head takes no part."""
+    model = tiny_model("della", first_prior=first_prior).train()
     ids, mask = random_batch()
     results = []
     for loss_fn in (lambda: model.loss(ids, mask, beta=0.7).loss, lambda: _plain_della_loss(model, ids, mask, 0.7)):

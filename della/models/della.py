@@ -263,11 +263,12 @@ def stack_per_group_keys(state: dict, prefix: str, *_) -> None:
 @dataclass
 class Chain:
     """One pass's view of the latent chain's maps: per group, the cell (on [h; z]), posterior and
-    prior heads (views into their GroupedLinear), and for a CVAE the condition's prior terms W_c c_g."""
+    prior heads (views into their GroupedLinear), and for a CVAE the condition's prior terms W_c c_g
+    of every group, (..., G, 2p)."""
     cell: list[LinearMap]
     recog_h: list[LinearMap]
     prior: list[LinearMap]
-    condition: tuple[torch.Tensor, ...] | None
+    condition: torch.Tensor | None
 
 
 @MODELS.register("della")
@@ -288,6 +289,11 @@ class Della(LatentModel):
         self.n_groups, self.latent_size = len(self.latent_layers), p
         G = self.n_groups
         self.inferred = set(range(G)[KL_LAYERS[config.kl_layers]])  # groups whose z_l is inferred from x
+        standard_roots = [config.first_prior == "standard" and self._is_root(g) for g in range(G)]
+        self.has_standard_root = any(standard_roots)
+        # 0 where the prior is the standard N(0, I): a mask, so the prior heads of all groups run in one op
+        self.register_buffer("learned_prior", 1.0 - torch.tensor(standard_roots, dtype=torch.float)[:, None],
+                             persistent=False)
         self.pool = nn.ModuleList(build_pooling(config.pool, d) for _ in range(G))
         self.recog_x = GroupedLinear(G, d, 2 * p)  # W_q split as [W_qx | W_qh]:
         self.recog_h = GroupedLinear(G, p, 2 * p, bias=False)  # the same map, separable
@@ -325,7 +331,7 @@ class Della(LatentModel):
         W_hh h + b_hh + W_ih z + b_ih is one map of [h; z]."""
         cell = GroupedLinear.maps(torch.cat([self.cell_hh.weight, self.cell_ih.weight], -1),
                                   self.cell_hh.bias + self.cell_ih.bias)
-        terms = None if c is None else self.prior_condition(c).unbind(-2)
+        terms = None if c is None else self.prior_condition(c)
         return Chain(cell, self.recog_h.unbind(), self.prior.unbind(), terms)
 
     def _is_root(self, g: int) -> bool:
@@ -352,7 +358,7 @@ class Della(LatentModel):
         """Group g's posterior mean and log-variance from its [mu; log s2] (..., 2p) and the path's
         summary h (broadcastable to it); a group outside kl_layers has the prior's, q = p(z_g | z_<g)."""
         if g not in self.inferred:
-            mean, logvar = self._prior_params(g, h, chain)
+            mean, logvar = self._prior_params(h, chain, g)
             shape = (*params.shape[:-1], self.latent_size)
             return mean.expand(shape), logvar.expand(shape)
         mean, logvar = self._split(params)
@@ -360,31 +366,36 @@ class Della(LatentModel):
             mean = self.bn[g](mean)
         return mean, logvar
 
-    def _prior_params(self, g: int, h: torch.Tensor, chain: Chain) -> tuple[torch.Tensor, torch.Tensor]:
-        """p(z_g | z_<g [, c_g]); the condition's term (..., 2p) broadcastable to h's, or none."""
-        standard_root = self._is_root(g) and self.config.first_prior == "standard"
-        if chain.condition is None:
-            if standard_root:
-                return torch.zeros_like(h), torch.zeros_like(h)
-            return self._split(chain.prior[g](h))
-        term = chain.condition[g]
-        return self._split(term if standard_root else chain.prior[g](h) + term)
+    def _prior_params(self, h: torch.Tensor, chain: Chain, g: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(z_g | z_<g [, c_g]) from the summary h: of group g (..., p), or of every group at once
+        (..., G, p). A root under the standard prior has W_p h + b_p masked to 0 (`learned_prior`):
+        N(0, I), or N(W_c c_g, I) for a CVAE."""
+        if g is None:
+            params, learned, term = self.prior(h), self.learned_prior, chain.condition
+        else:
+            params, learned = chain.prior[g](h), self.learned_prior[g]
+            term = None if chain.condition is None else chain.condition[..., g, :]
+        if self.has_standard_root:
+            params = params * learned
+        return self._split(params if term is None else params + term)
 
     def sample_posterior(self, features, k):
         x, c = self.split_features(features)
         B, G, _ = x.shape
         chain = self._chain(None if c is None else c.repeat(k, 1, 1))
         from_x = self.recog_x(x).repeat(k, 1, 1).unbind(1)  # G x (K*B, 2p), sample-major
+        # every group's noise in one draw (one launch, not G), group-major
+        noise = torch.randn((G, k * B, self.latent_size), dtype=from_x[0].dtype, device=x.device).unbind(0)
         h = z = x.new_zeros((k * B, self.latent_size))
-        path = {key: [] for key in ("z", "mean", "logvar", "prior_mean", "prior_logvar")}
-        for g in range(G):  # only the draws are sequential; the densities are computed once, below
+        path = {key: [] for key in ("h", "z", "mean", "logvar")}
+        for g in range(G):  # only the draws are sequential; the prior and the densities are batched, below
             h = self._summary(g, h, z, chain)
             qm, ql = self._posterior_params(g, torch.addmm(from_x[g], h, chain.recog_h[g].weight.T), h, chain)
-            pm, pl = self._prior_params(g, h, chain)
-            z = qm + torch.exp(0.5 * ql) * torch.randn_like(qm)
-            for key, value in zip(path, (z, qm, ql, pm, pl)):
+            z = qm + torch.exp(0.5 * ql) * noise[g]
+            for key, value in zip(path, (h, z, qm, ql)):
                 path[key].append(value)
-        z, qm, ql, pm, pl = (torch.stack(v, 1) for v in path.values())  # (K*B, G, p)
+        h, z, qm, ql = (torch.stack(v, 1) for v in path.values())  # (K*B, G, p)
+        pm, pl = self._prior_params(h, chain)
         posterior = {"z": z, "mean": qm, "logvar": ql, "kl": gaussian_kl(qm, ql, pm, pl),
                      "log_q": gaussian_log_density(z, qm, ql), "log_p": gaussian_log_density(z, pm, pl)}
         return Posterior(**{key: v.view(k, B, *v.shape[1:]) for key, v in posterior.items()})
@@ -393,9 +404,7 @@ class Della(LatentModel):
         """p(z_g | z_<g [, c_g]) for every group along given paths z (M, G, p), c (M, G, d) for a
         CVAE: mean and log-variance (M, G, p)."""
         chain = self._chain(c)
-        hs = self._summaries(z, chain).unbind(1)
-        mean, logvar = zip(*(self._prior_params(g, hs[g], chain) for g in range(self.n_groups)))
-        return torch.stack(mean, 1), torch.stack(logvar, 1)
+        return self._prior_params(self._summaries(z, chain), chain)
 
     def _summaries(self, z: torch.Tensor, chain: Chain) -> torch.Tensor:
         """h_g for every group along given paths z (M, G, p) -> (M, G, p)."""
@@ -430,7 +439,7 @@ class Della(LatentModel):
         zs = []
         for g in range(self.n_groups):
             h = self._summary(g, h, z, chain)
-            mean, logvar = self._prior_params(g, h, chain)
+            mean, logvar = self._prior_params(h, chain, g)
             eps = torch.randn(n, p, generator=generator, device=self.device)
             z = mean + torch.exp(0.5 * logvar) * eps
             zs.append(z)
