@@ -44,7 +44,7 @@ from della.config import BackboneConfig, TrainConfig
 from della.flops import PEAK_TFLOPS, cvae_floor, matmul_precision, peak_tflops, train_flops_per_token, vae_lm_floor
 from della.models import Vocab, build_model
 from della.models.base import Condition
-from della.train import autocast, compile_model, make_optimizer
+from della.train import autocast, begin_step, compile_model, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +136,7 @@ def make_step(name: str, size: Size, device: torch.device, precision: str, compi
         sync()
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        if compile_mode == "reduce-overhead":
-            torch.compiler.cudagraph_mark_step_begin()
+        begin_step(compile_mode)
         forward_backward()
         opt.step()
         sync()

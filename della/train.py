@@ -134,6 +134,13 @@ def compile_model(model: nn.Module, mode: bool | str) -> nn.Module:
     return torch.compile(model, options={"fallback_random": True, "triton.cudagraphs": mode == "reduce-overhead"})
 
 
+def begin_step(mode: bool | str) -> None:
+    """Before each forward of a model that compile_model(model, mode) made: under CUDA graphs a new
+    step, whose replay may overwrite the last step's outputs (read before this)."""
+    if mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 def autocast(device: torch.device, precision: str):
     """train.precision: bf16 autocasts the forward (matmuls in bf16); the models keep the KL,
     log-densities and cross-entropy in fp32 (della.models.base). fp32 leaves every op untouched."""
@@ -503,8 +510,7 @@ class Trainer:
                 last = i == len(group) - 1
                 sync = contextlib.nullcontext() if last or self.dist.world == 1 else self.trained.no_sync()
                 with sync:
-                    if tc.compile == "reduce-overhead":  # a new step: the last one's graph outputs may be overwritten
-                        torch.compiler.cudagraph_mark_step_begin()
+                    begin_step(tc.compile)
                     with autocast(self.device, tc.precision):
                         out = self.trained(ids, mask, self.beta, condition)
                     (out.loss / len(group)).backward()
