@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The one script a session with a GPU runs (issue 11): the bf16 and CUDA/NCCL tests, then the
-# train-step benchmark at every size in fp32 and bf16, then the compiled step at (c) with CUDA graphs
-# (`train.compile: reduce-overhead`: one launch a graph, so the step is no longer launch-bound), then the
-# conditional (CVAE) step on GPT-2 and BART at (a) and (c) in bf16 (issue 9). Everything
+# The one script a session with a GPU runs (issue 11): the bf16 and CUDA/NCCL tests and a compiled
+# training on the GPU (CUDA graphs: one compile while β changes, none left out), then the train-step
+# benchmark at every size in fp32 and bf16 (the issue's target sizes first), then the compiled step at
+# (c) with CUDA graphs (`train.compile: reduce-overhead`: one launch a graph, so the step is no longer
+# launch-bound), then the conditional (CVAE) step on GPT-2 and BART at (a) and (c) in bf16 (issue 9). Everything
 # goes to stdout and, section by section, to $OUT/<section>.log when $OUT is set, so a section
 # that fails or times out loses none of the others. Under 10 minutes in all (each section has its
 # own `timeout`). From the repository root, with the machine's own torch (no install):
@@ -40,12 +41,13 @@ section environment 20 bash -c 'nvidia-smi -L 2>/dev/null || echo "no nvidia-smi
   python3 -c "import torch, transformers; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__,
     \"cuda\", torch.cuda.is_available(), torch.cuda.device_count(), \"bf16\", torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     \"tf32\", torch.backends.cuda.matmul.allow_tf32, \"nccl\", torch.distributed.is_nccl_available())"'
-section tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_precision.py tests/test_ddp_cuda.py tests/test_flops.py
-if [ -n "$QUICK" ]; then SIZES=a,c; STEPS=2; else SIZES=a,b,b32,c; STEPS=20; fi
-section benchmark 170 python3 benchmarks/train_speed.py --device "$DEVICE" --threads "$THREADS" --sizes "$SIZES" \
+section tests 180 python3 -m pytest -q -rs -p no:cacheprovider tests/test_precision.py tests/test_ddp_cuda.py \
+  tests/test_flops.py tests/test_speed_switches.py -k "not test_speed_switches or compiled_training"
+if [ -n "$QUICK" ]; then SIZES=c,a; STEPS=2; else SIZES=c,b32,b,a; STEPS=20; fi
+section benchmark 150 python3 benchmarks/train_speed.py --device "$DEVICE" --threads "$THREADS" --sizes "$SIZES" \
   --precisions fp32,bf16 --steps "$STEPS" --warmup 3 $QUICK
 section benchmark_compiled 130 python3 benchmarks/train_speed.py --device "$DEVICE" --threads "$THREADS" --sizes c \
   --precisions bf16 --steps "$STEPS" --warmup 3 --compile reduce-overhead $QUICK
-section benchmark_conditional 90 python3 benchmarks/train_speed.py --device "$DEVICE" --threads "$THREADS" \
+section benchmark_conditional 80 python3 benchmarks/train_speed.py --device "$DEVICE" --threads "$THREADS" \
   --task conditional --sizes a,c --precisions bf16 --steps "$STEPS" --warmup 3 $QUICK
 echo; echo "=== gpu_check done in ${SECONDS}s"

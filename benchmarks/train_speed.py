@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import statistics
 import time
 
@@ -44,7 +45,7 @@ from della.config import BackboneConfig, TrainConfig
 from della.flops import PEAK_TFLOPS, cvae_floor, matmul_precision, peak_tflops, train_flops_per_token, vae_lm_floor
 from della.models import Vocab, build_model
 from della.models.base import Condition
-from della.train import autocast, begin_step, compile_model, make_optimizer
+from della.train import autocast, begin_step, compile_model, make_optimizer, to_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,26 +127,29 @@ def make_step(name: str, size: Size, device: torch.device, precision: str, compi
     step_fn = compile_model(model, compile_mode)
     ids, mask, condition = batch(size, vocab, device, kind)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    steps = itertools.count()
 
-    def forward_backward() -> None:
+    def forward_backward(beta: torch.Tensor) -> None:
         with autocast(device, precision):
-            loss = step_fn(ids, mask, 1.0, condition).loss
+            loss = step_fn(ids, mask, beta, condition).loss
         loss.backward()
 
     def step() -> float:
         sync()
         start = time.perf_counter()
+        beta = to_device(torch.tensor(min(1.0, next(steps) / 100)), device)  # a new β every step, as in training
         opt.zero_grad(set_to_none=True)
         begin_step(compile_mode)
-        forward_backward()
+        forward_backward(beta)
         opt.step()
         sync()
         return time.perf_counter() - start
 
     ops = None
     if not compile_mode:  # a compiled step's launches are its generated kernels: not counted
+        beta = to_device(torch.tensor(1.0), device)
         with OpCounter() as counter:
-            forward_backward()
+            forward_backward(beta)
         opt.zero_grad(set_to_none=True)
         ops = counter.ops
     return step, sum(p.numel() for p in model.parameters()), ops
@@ -153,6 +157,28 @@ def make_step(name: str, size: Size, device: torch.device, precision: str, compi
 
 def compiled_text(mode: bool | str) -> str:
     return {False: "", True: " compiled"}.get(mode, f" compiled ({mode}: CUDA graphs on CUDA)")
+
+
+def compile_counts() -> tuple[int, int]:
+    """(graphs Dynamo captured, graphs inductor left out of CUDA graphs) so far in this process: one
+    graph per model means no recompile (β changes every step) and no graph break."""
+    counters = torch._dynamo.utils.counters
+    return counters["stats"]["unique_graphs"], counters["inductor"]["cudagraph_skips"]
+
+
+def fresh_compile_counts() -> tuple[int, int]:
+    """compile_counts() before a size's models are built, the earlier sizes' compiled frames forgotten:
+    each model is another entry of the same forward's cache, and past Dynamo's recompile limit it
+    would run eagerly."""
+    torch._dynamo.reset()
+    return compile_counts()
+
+
+def print_compile_counts(before: tuple[int, int], models: int, device: torch.device) -> None:
+    graphs, skips = (now - then for now, then in zip(compile_counts(), before))
+    why = "TORCH_LOGS=cudagraphs says why" if device.type == "cuda" else "the CPU has none"
+    print(f"  compiled: {graphs} graphs for {models} models (more: a recompile or a graph break), "
+          f"{skips} left out of CUDA graphs ({why})")
 
 
 def ops_text(runs: dict, name: str, base: str) -> str:
@@ -172,6 +198,7 @@ def card_peak(device: torch.device, precision: str, flag: float | None) -> tuple
 
 
 def bench(label: str, size: Size, precision: str, steps: int, device: torch.device, args) -> dict:
+    counts = fresh_compile_counts()
     runs = {name: make_step(name, size, device, precision, args.compile) for name in MODELS}
     times = {name: [] for name in MODELS}
     for _ in range(args.warmup):
@@ -204,6 +231,8 @@ def bench(label: str, size: Size, precision: str, steps: int, device: torch.devi
         ops = {name: runs[name][2] for name in MODELS}
         print(f"  ops/step (a GPU's launches): DELLA/LM = {ops['della'] / ops['gpt2']:.3f} against Embed/LM = "
               f"{ops['embed'] / ops['gpt2']:.3f}; DELLA/Embed = {ops['della'] / ops['embed']:.3f}")
+    if args.compile:
+        print_compile_counts(counts, len(MODELS), device)
     return {"della_ms": med["della"] * 1e3, "della_mfu": mfu["della"]}
 
 
@@ -211,6 +240,7 @@ def bench_conditional(label: str, size: Size, precision: str, steps: int, device
                       kind: str) -> None:
     """The CVAE step of the plain backbone, Embed and DELLA on `kind`, against della.flops.cvae_floor."""
     names = (kind, "embed", "della")
+    counts = fresh_compile_counts()
     runs = {name: make_step(name, size, device, precision, args.compile, kind) for name in names}
     times = {name: [] for name in names}
     for i in range(args.warmup + steps):
@@ -230,6 +260,8 @@ def bench_conditional(label: str, size: Size, precision: str, steps: int, device
     ratio = med["della"] / med[kind]
     print(f"  FLOP floor CVAE/{kind} = {floor:.3f}; DELLA/{kind} = {ratio:.3f} "
           f"({(ratio / floor - 1) * 100:+.1f}% vs floor)")
+    if args.compile:
+        print_compile_counts(counts, len(names), device)
 
 
 def summarise(results: dict) -> None:

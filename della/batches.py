@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterator
 
 import torch
@@ -27,6 +28,14 @@ class EncodedSplit:
     @property
     def conditional(self) -> bool:
         return self.sources is not None
+
+    @cached_property
+    def longest(self) -> int:
+        return max(map(len, self.sequences), default=0)
+
+    @cached_property
+    def longest_source(self) -> int:
+        return max(map(len, self.sources or []), default=0)
 
     def summary(self) -> dict:
         return {"path": self.path, "examples": len(self.sequences), "truncated": len(self.truncated_lines),
@@ -52,9 +61,16 @@ def encode_split(lines: list[str], tokenizer, max_length: int, path: str) -> Enc
     return out
 
 
-def collate(seqs: list[list[int]], pad_id: int, device: torch.device | str = "cpu"):
-    """-> input_ids (B, T) long, mask (B, T) float (1 on real tokens)."""
-    T = max(len(s) for s in seqs)
+def padded_length(longest: int, multiple: int, cap: int) -> int:
+    """`longest` rounded up to a multiple (train.pad_to_multiple), never past `cap` >= longest: the
+    split's longest example, so never past the positions the data was checked against."""
+    return min(-(-longest // multiple) * multiple, cap)
+
+
+def collate(seqs: list[list[int]], pad_id: int, device: torch.device | str = "cpu", length: int | None = None):
+    """-> input_ids (B, T) long, mask (B, T) float (1 on real tokens); T = the longest of seqs,
+    or `length` when given (more padding: a batch of a fixed shape)."""
+    T = length or max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T))
     for i, s in enumerate(seqs):
@@ -63,14 +79,21 @@ def collate(seqs: list[list[int]], pad_id: int, device: torch.device | str = "cp
     return ids.to(device), mask.to(device)
 
 
-def collate_batch(split: EncodedSplit, idx: list[int], pad_id: int, device: torch.device | str = "cpu"):
-    """Examples idx of a split -> (input_ids, mask, Condition or None), on `device`."""
+def collate_batch(split: EncodedSplit, idx: list[int], pad_id: int, device: torch.device | str = "cpu",
+                  multiple: int = 1):
+    """Examples idx of a split -> (input_ids, mask, Condition or None), on `device`. With
+    multiple > 1 the lengths are padded up to a multiple of it (fewer distinct batch shapes, so fewer
+    compiles and CUDA graphs; the pads are masked, so the same numbers up to rounding)."""
     from della.models.base import Condition
 
-    ids, mask = collate([split.sequences[i] for i in idx], pad_id, device)
+    def batch(seqs: list[list[int]], cap: int):
+        picked = [seqs[i] for i in idx]
+        return collate(picked, pad_id, device, padded_length(max(map(len, picked)), multiple, cap))
+
+    ids, mask = batch(split.sequences, split.longest)
     if not split.conditional:
         return ids, mask, None
-    source_ids, source_mask = collate([split.sources[i] for i in idx], pad_id, device)
+    source_ids, source_mask = batch(split.sources, split.longest_source)
     starts = torch.tensor([split.target_starts[i] for i in idx], device=device)
     return ids, mask, Condition(source_ids, source_mask, starts)
 

@@ -27,8 +27,9 @@ RESUME_MODES = ("auto", "never", "weights-only")
 # Keys that cannot change the trained weights, so changing them never retrains: `epochs` only bounds
 # the loop (a checkpoint after fewer epochs is resumed exactly), `log_every` only thins the log and
 # `resume` only says what to reuse. Validation (evaluate.*) draws from its own seeded stream.
-# `fused_adam` and `compile` are speed switches: the same maths, equal to float rounding (tests/test_speed_switches.py).
-NOT_IN_RECIPE = {"epochs", "log_every", "resume", "fused_adam", "compile"}
+# `fused_adam`, `compile` and `pad_to_multiple` are speed switches: the same maths, equal to float rounding
+# (tests/test_speed_switches.py; more pads do enter the official DELLA's unmasked pooling, config/README).
+NOT_IN_RECIPE = {"epochs", "log_every", "resume", "fused_adam", "compile", "pad_to_multiple"}
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -75,6 +76,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16: autocast of the forward; densities, KL and log-sum-exp stay fp32
     fused_adam: bool | str = "auto"  # auto: the fused AdamW kernel on CUDA and the CPU, the plain one elsewhere
     compile: bool | str = False  # torch.compile the trained model; reduce-overhead: + CUDA graphs (on CUDA)
+    pad_to_multiple: int = 1  # training batches' lengths padded up to a multiple: fewer shapes to compile
 
     def __post_init__(self):
         if self.resume not in RESUME_MODES:
@@ -85,6 +87,9 @@ class TrainConfig:
             raise ConfigError(f"train.fused_adam = {self.fused_adam!r}; valid: auto, true, false")
         if not (isinstance(self.compile, bool) or self.compile == "reduce-overhead"):
             raise ConfigError(f"train.compile = {self.compile!r}; valid: false, true, reduce-overhead")
+        if isinstance(self.pad_to_multiple, bool) or not isinstance(self.pad_to_multiple, int) \
+                or self.pad_to_multiple < 1:
+            raise ConfigError(f"train.pad_to_multiple = {self.pad_to_multiple!r}; valid: an integer >= 1")
 
 
 @dataclass(frozen=True)

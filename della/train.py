@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -124,6 +125,11 @@ def make_optimizer(model: LatentModel, cfg: TrainConfig, device: torch.device) -
                              fused=use_fused_adam(cfg, device))
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """On CUDA through pinned memory, so the copy does not wait for the queued steps."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
 def compile_model(model: nn.Module, mode: bool | str) -> nn.Module:
     """train.compile: torch.compile with the eager RNG stream (fallback_random), so compiled and eager
     steps draw the same noise; `reduce-overhead` also records each step's kernels as CUDA graphs and
@@ -173,19 +179,19 @@ def validate(model: LatentModel, split: EncodedSplit, batch_size: int, device, s
              precision: str = "fp32") -> dict:
     """Mean per-sentence CE and KL (one posterior sample) on a split, β-free. The posterior noise
     comes from a stream seeded here, so validation never moves the training RNG: evaluate.* cannot
-    change the trained weights, and a rerun of a finished run reproduces its final validation."""
+    change the trained weights, and a rerun of a finished run reproduces its final validation. The
+    sums stay on the device (float64) until the end: one host sync, not one per batch."""
     model.eval()
-    ce = kl = 0.0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # ce, kl
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(device, precision):
         torch.manual_seed(seed)
         for idx in length_sorted_batches(split.sequences, batch_size):
             ids, mask, condition = collate_batch(split, idx, model.vocab.pad_id, device)
             out = model.loss(ids, mask, 1.0, condition)
-            ce += out.ce.sum().item()
-            kl += out.kl.sum().item()
+            sums += torch.stack([out.ce.sum().double(), out.kl.sum().double()])
     model.train()
-    n = len(split.sequences)
-    return {"ce": ce / n, "kl": kl / n}
+    ce, kl = (total / len(split.sequences) for total in sums.tolist())
+    return {"ce": ce, "kl": kl}
 
 
 def training_recipe(cfg: RunConfig, tokenizer, world_size: int) -> dict:
@@ -505,6 +511,9 @@ class Trainer:
             group = [b[rank * bs: (rank + 1) * bs] for b in batches[first: first + tc.grad_accum]]
             self.optimizer.zero_grad(set_to_none=True)
             sums = torch.zeros(4 + self.model.n_groups, dtype=torch.float64, device=self.device)
+            # β as a device tensor: a compiled step does not recompile when it changes, and it is no
+            # CPU input (a changing Python float becomes one, which inductor keeps out of CUDA graphs)
+            beta = to_device(torch.tensor(self.beta), self.device)
             for i, idx in enumerate(group):
                 ids, mask, condition = self._batch(idx)
                 last = i == len(group) - 1
@@ -512,7 +521,7 @@ class Trainer:
                 with sync:
                     begin_step(tc.compile)
                     with autocast(self.device, tc.precision):
-                        out = self.trained(ids, mask, self.beta, condition)
+                        out = self.trained(ids, mask, beta, condition)
                     (out.loss / len(group)).backward()
                 sums[:3] += torch.stack([out.loss.detach().double() * len(idx), out.ce.detach().sum().double(),
                                          out.n_tokens.sum().double()])
@@ -530,12 +539,10 @@ class Trainer:
                 pending = []
 
     def _batch(self, idx: list[int]):
-        """Training examples idx as (ids, mask, condition) on the device; on CUDA through pinned
-        memory, so the copy does not wait for the queued steps."""
-        if self.device.type != "cuda":
-            return collate_batch(self.train_split, idx, self.model.vocab.pad_id, self.device)
-        ids, mask, condition = collate_batch(self.train_split, idx, self.model.vocab.pad_id)
-        move = lambda t: t.pin_memory().to(self.device, non_blocking=True)  # noqa: E731
+        """Training examples idx as (ids, mask, condition) on the device."""
+        ids, mask, condition = collate_batch(self.train_split, idx, self.model.vocab.pad_id,
+                                             multiple=self.cfg.train.pad_to_multiple)
+        move = functools.partial(to_device, device=self.device)
         return move(ids), move(mask), None if condition is None else condition.map(move)
 
     def _flush(self, pending: list, bar) -> None:
@@ -591,7 +598,7 @@ def speed_settings(tc: TrainConfig, device: torch.device) -> dict:
     """The speed switches as this run resolved them (run.json `speed`)."""
     allow_tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
     return {"precision": tc.precision, "matmul": matmul_precision(tc.precision, allow_tf32),
-            "fused_adam": use_fused_adam(tc, device), "compile": tc.compile,
+            "fused_adam": use_fused_adam(tc, device), "compile": tc.compile, "pad_to_multiple": tc.pad_to_multiple,
             "attention": "torch.nn.functional.scaled_dot_product_attention"}
 
 

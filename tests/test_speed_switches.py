@@ -19,12 +19,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from della.batches import collate, shuffled_batches
-from della.config import ConfigError, TrainConfig
+from della.batches import EncodedSplit, collate, collate_batch, padded_length, shuffled_batches
+from della.config import BackboneConfig, ConfigError, TrainConfig
 from della.models import backbone as backbone_module
+from della.models import bart as bart_module
+from della.models import bart_backbone as bart_backbone_module
+from della.models import build_model
 from della.models.backbone import Injection
 from della.train import Trainer, compile_model, make_optimizer, train, use_fused_adam
-from tests.conftest import random_batch, tiny_model
+from tests.conftest import TINY, VOCAB, random_batch, tiny_model
+from tests.test_bart_cvae import bart_batch, bart_model
 from tests.test_train import run_config
 
 CPU = torch.device("cpu")
@@ -34,10 +38,11 @@ def _grads(model) -> list[torch.Tensor]:
     return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
-def _assert_close(actual: list[torch.Tensor], expected: list[torch.Tensor], rtol: float = 1e-5) -> None:
+def _assert_close(actual: list[torch.Tensor], expected: list[torch.Tensor], rtol: float = 1e-5,
+                  atol: float = 1e-12) -> None:
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected):
-        assert (a - e).norm() <= rtol * e.norm() + 1e-12
+        assert (a - e).norm() <= rtol * e.norm() + atol
 
 
 def _plain_loop(model, cfg, split, epoch: int = 0) -> list[tuple]:
@@ -85,6 +90,7 @@ def test_log_every_thins_the_log_but_every_step_counts_its_tokens(corpus, tmp_pa
 def test_run_json_records_the_resolved_speed_switches_and_why_mfu_is_null(corpus, tmp_path):
     summary = train(run_config(corpus, epochs=1), tmp_path / "run")
     assert summary["speed"] == {"precision": "fp32", "matmul": "fp32", "fused_adam": True, "compile": False,
+                                "pad_to_multiple": 1,
                                 "attention": "torch.nn.functional.scaled_dot_product_attention"}
     cost = summary["cost"]
     assert cost["mfu"] is None and cost["peak_tflops"] is None and "not trained on a GPU" in cost["mfu_note"]
@@ -104,6 +110,124 @@ def test_a_compiled_training_logs_the_eager_trainings_numbers(corpus, tmp_path):
     assert len(logs[0]) == len(logs[1]) == 3
     for (eager_loss, eager_kl), (loss, kl) in zip(*logs):
         assert math.isclose(loss, eager_loss, rel_tol=1e-5) and math.isclose(kl, eager_kl, abs_tol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_compiled_training_compiles_once_while_beta_changes_every_step(corpus, tmp_path):
+    """β reaches the model as a device tensor: a changing Python float would recompile the step (and
+    on CUDA become a CPU input, kept out of the CUDA graphs). Every batch is padded to one shape, so
+    the one compile is the first. On a GPU (benchmarks/gpu_check.sh) the step is one CUDA graph."""
+    cfg = run_config(corpus, epochs=1, grad_accum=2, beta_schedule="monotonic", warmup_epochs=1,
+                     compile="reduce-overhead", pad_to_multiple=40)
+    torch._dynamo.reset()  # the frames other tests compiled count towards Dynamo's recompile limit
+    counters = torch._dynamo.utils.counters
+    graphs, skips = counters["stats"]["unique_graphs"], counters["inductor"]["cudagraph_skips"]
+    train(cfg, tmp_path / "run")
+    logged = [json.loads(line) for line in (tmp_path / "run" / "train-log.jsonl").read_text().splitlines()]
+    assert len({r["beta"] for r in logged if r["split"] == "train"}) == 3
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+    if torch.cuda.is_available():  # train.device auto: trained on the GPU
+        assert counters["inductor"]["cudagraph_skips"] == skips
+
+
+# --- train.pad_to_multiple ---------------------------------------------------------------------------
+BART_TINY = BackboneConfig(kind="bart", n_layer=3, n_embd=32, n_head=2, n_positions=32, dropout=0.0)
+
+
+def _split(layout: str | None) -> EncodedSplit:
+    """Five examples (a conditional layout: gpt2 or bart, della/data/conditional.py); the batch is the
+    first three, shorter than the fourth, so a multiple of 8 pads it."""
+    g = torch.Generator().manual_seed(0)
+
+    def words(n: int) -> list[int]:
+        return torch.randint(3, VOCAB.size, (n,), generator=g).tolist()
+
+    bos, eos, lengths = VOCAB.bos_id, VOCAB.eos_id, (4, 7, 9, 15, 6)
+    if layout is None:
+        return EncodedSplit("test", [[bos, *words(n), eos] for n in lengths])
+    sources = [[*words(n), eos] if layout == "gpt2" else [bos, *words(n), eos] for n in (5, 3, 4, 11, 2)]
+    prefixes = sources if layout == "gpt2" else [[eos, bos]] * len(lengths)
+    return EncodedSplit("test", [[*p, *words(n), eos] for p, n in zip(prefixes, lengths)], sources=sources,
+                        target_starts=[len(p) for p in prefixes])
+
+
+def _padded_step(name: str, layout: str | None, multiple: int, **model_args):
+    """(loss, gradients, batch widths) of one step on the first three examples of _split(layout)."""
+    torch.manual_seed(0)
+    model = build_model(name, model_args, VOCAB, backbone_config=BART_TINY if layout == "bart" else TINY,
+                        conditional=layout is not None).train()
+    ids, mask, condition = collate_batch(_split(layout), [0, 1, 2], VOCAB.pad_id, multiple=multiple)
+    torch.manual_seed(1)
+    out = model(ids, mask, 0.5, condition)
+    out.loss.backward()
+    widths = (ids.shape[1], None if condition is None else condition.ids.shape[1])
+    return out.loss.detach(), _grads(model), widths
+
+
+@pytest.mark.parametrize("name,layout", [
+    ("gpt2", None), ("embed", None), ("memory", None), ("softmax", None), ("optimus", None), ("della", None),
+    ("gpt2", "gpt2"), ("memory", "gpt2"), ("della", "gpt2"), ("bart", "bart"), ("embed", "bart"), ("della", "bart")])
+def test_padding_batches_to_a_multiple_keeps_the_loss_and_gradients(name, layout):
+    loss, grads, widths = _padded_step(name, layout, 1)
+    padded_loss, padded_grads, padded_widths = _padded_step(name, layout, 8)
+    for width, padded in zip(widths, padded_widths):
+        assert width is padded is None or (padded % 8 == 0 and padded > width)
+    assert torch.allclose(padded_loss, loss, rtol=1e-5)
+    # a gradient that is zero in exact arithmetic (BART's key biases) is compared at the scale of all
+    _assert_close(padded_grads, grads, atol=1e-7 * torch.cat([g.flatten() for g in grads]).norm())
+
+
+@pytest.mark.parametrize("pool_mask", [True, False])
+def test_padding_changes_dellas_sentence_states_only_under_the_official_unmasked_pooling(pool_mask):
+    """DELLA's official code pools over pads (pool_mask: false, D6), so there more padding changes
+    the numbers, not only the shape (config/README says so)."""
+    model, split = tiny_model("della", pool="attention", pool_mask=pool_mask), _split(None)
+    x, padded_x = (model.encode(*collate_batch(split, [0, 1, 2], VOCAB.pad_id, multiple=m)[:2]) for m in (1, 8))
+    assert torch.allclose(padded_x, x, atol=1e-6) == pool_mask
+
+
+# --- the GPU path: nothing read back to the host in a step ------------------------------------------
+def _step_without_host_reads(name: str, kind: str, padded: bool, host_reads: bool, monkeypatch):
+    """(loss, gradients, posterior-encoder width) of one step; host_reads=False is what a GPU or a
+    compiled step runs: no mask dropped after reading that nothing is padded, and BART's posterior
+    input at its widest instead of at the longest pair's length (della.models.backbone.can_inspect)."""
+    if not host_reads:
+        for module in (backbone_module, bart_backbone_module, bart_module):
+            monkeypatch.setattr(module, "can_inspect", lambda t: False)
+    if kind == "bart":
+        model = bart_model(name).train()
+        ids, mask, condition = bart_batch(*([] if padded else [0, (4, 4, 4), (5, 5, 5)]))
+        width = model.source_and_target(ids, mask, condition)[0].shape[1] if name != "bart" else None
+    else:
+        model, (ids, mask), condition, width = tiny_model(name).train(), random_batch(pad_last=3 * padded), None, None
+    torch.manual_seed(1)
+    out = model(ids, mask, 0.5, condition)
+    out.loss.backward()
+    return out.loss.detach(), _grads(model), width
+
+
+@pytest.mark.parametrize("name,kind", [("embed", "gpt2"), ("della", "gpt2"), ("bart", "bart"), ("embed", "bart"),
+                                       ("memory", "bart"), ("softmax", "bart"), ("della", "bart")])
+@pytest.mark.parametrize("padded", [True, False])
+def test_a_step_without_host_reads_gives_the_same_loss_and_gradients(name, kind, padded, monkeypatch):
+    loss, grads, width = _step_without_host_reads(name, kind, padded, True, monkeypatch)
+    gpu_loss, gpu_grads, gpu_width = _step_without_host_reads(name, kind, padded, False, monkeypatch)
+    if width is not None:  # a BART VAE's posterior reads the widest pair, not the longest one
+        assert gpu_width > width
+    assert torch.allclose(gpu_loss, loss, rtol=1e-5)
+    _assert_close(gpu_grads, grads, atol=1e-7 * torch.cat([g.flatten() for g in grads]).norm())
+
+
+def test_padded_length_rounds_up_to_the_multiple_never_past_the_splits_longest():
+    assert [padded_length(n, 8, 20) for n in (1, 8, 9, 16, 17, 20)] == [8, 8, 16, 16, 20, 20]
+    assert [padded_length(n, 1, 20) for n in (1, 13, 20)] == [1, 13, 20]
+
+
+def test_pad_to_multiple_takes_a_positive_integer_and_names_the_key_otherwise():
+    assert TrainConfig(pad_to_multiple=8).pad_to_multiple == 8
+    for wrong in (0, True, 1.5, "8"):
+        with pytest.raises(ConfigError, match=f"train.pad_to_multiple = {wrong!r}"):
+            TrainConfig(pad_to_multiple=wrong)
 
 
 def test_compile_takes_false_true_or_reduce_overhead_and_names_the_key_otherwise():

@@ -23,6 +23,14 @@ from transformers import GPT2Config, GPT2Model
 
 from della.config import BackboneConfig
 
+
+def can_inspect(t: torch.Tensor) -> bool:
+    """Whether a forward may read t's values on the host for a shortcut (no padding: no mask). Free
+    on the CPU; on a GPU it waits for the queued kernels and under torch.compile it breaks the graph,
+    so there the general path runs (the same numbers)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (N, H, T_past, hd) keys and values
 
 
@@ -115,19 +123,13 @@ class Backbone(nn.Module):
             allowed = torch.arange(K, device=device)[None, :] <= q  # (T, K)
             allowed = allowed[None, None]
         else:
-            if attention_mask is None or (self._can_inspect(attention_mask) and bool(attention_mask.all())):
+            if attention_mask is None or (can_inspect(attention_mask) and bool(attention_mask.all())):
                 return None, False  # no padding: SDPA's unmasked kernel
             allowed = attention_mask.bool()[:, None, None, :]  # (N, 1, 1, K) pad keys hidden
         if has_memory:  # one memory slot in front, visible to every query
             ones = torch.ones(*allowed.shape[:-1], 1, dtype=torch.bool, device=allowed.device)
             allowed = torch.cat([ones, allowed], dim=-1)
         return allowed, False
-
-    @staticmethod
-    def _can_inspect(mask: torch.Tensor) -> bool:
-        """Reading a mask's values is free on the CPU; on a GPU it waits for the queued kernels and
-        under torch.compile it breaks the graph, so there the mask is always applied (same numbers)."""
-        return mask.device.type == "cpu" and not torch.compiler.is_compiling()
 
     def _mlp(self, mlp, h):
         if self.fused_gelu:  # gelu_new is exactly the tanh approximation; one fused kernel

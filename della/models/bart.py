@@ -37,6 +37,7 @@ import functools
 import torch
 
 from della.models.base import BART_VERSIONS, MODELS, Condition, LatentModel
+from della.models.backbone import can_inspect
 from della.models.bart_backbone import BartBackbone, DecoderInjection, EncoderOutput
 from della.models.della import Della
 from della.models.embed import EmbedVAE
@@ -122,13 +123,14 @@ class BartEncoding(BartDecoding):
     def source_and_target(self, input_ids, mask, condition: Condition) -> tuple[torch.Tensor, torch.Tensor]:
         """<s> source </s> target </s>, right-padded: the condition's tokens, then the decoder
         sequence's from target_start on; the source keeps only its first tokens where the pair
-        exceeds the encoder's positions."""
+        exceeds the encoder's positions. Where reading the longest pair's length would wait for the GPU
+        (or break a compiled graph) the width is the widest a pair can be: more pads, all masked."""
         target = mask * (torch.arange(mask.shape[1], device=mask.device) >= condition.target_start[:, None])
         room = self.backbone.n_positions - target.sum(1, keepdim=True)
         source = condition.mask * (torch.arange(condition.mask.shape[1], device=mask.device) < room)
         keep = torch.cat([source, target], 1).long()
         order = torch.argsort(keep, dim=1, descending=True, stable=True)  # kept tokens first, in order
-        length = int(keep.sum(1).max())
+        length = int(keep.sum(1).max()) if can_inspect(keep) else min(keep.shape[1], self.backbone.n_positions)
         ids = torch.cat([condition.ids, input_ids], 1).gather(1, order[:, :length])
         return ids, keep.gather(1, order[:, :length])
 

@@ -30,6 +30,7 @@ from torch import nn
 from transformers import BartConfig, BartForConditionalGeneration, BartModel
 
 from della.config import BackboneConfig
+from della.models.backbone import can_inspect
 
 # Per decoder layer: self-attention keys and values (N, H, T_past, hd), then the cross-attention
 # keys and values over the encoder states (N, H, S, hd), computed once at the first step.
@@ -208,7 +209,7 @@ class BartBackbone(nn.Module):
 
 def _key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """(N, S) with 0 = pad -> a boolean (N, 1, 1, S) mask (True = may attend), or None."""
-    if attention_mask is None or bool(attention_mask.all()):
+    if attention_mask is None or (can_inspect(attention_mask) and bool(attention_mask.all())):
         return None
     return attention_mask.bool()[:, None, None, :]
 

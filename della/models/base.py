@@ -260,12 +260,12 @@ class LatentModel(nn.Module):
             kl = kl.clamp(min=threshold)
         return kl.sum(-1)
 
-    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, beta: float,
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, beta: float | torch.Tensor,
                 condition: Condition | None = None) -> LossOutput:
         """The training objective, so DistributedDataParallel can wrap any model."""
         return self.loss(input_ids, mask, beta, condition)
 
-    def loss(self, input_ids: torch.Tensor, mask: torch.Tensor, beta: float,
+    def loss(self, input_ids: torch.Tensor, mask: torch.Tensor, beta: float | torch.Tensor,
              condition: Condition | None = None) -> LossOutput:
         condition = self.encode_source(condition)
         post = self.sample_posterior(self.encode(input_ids, mask, condition), k=1)
