@@ -218,6 +218,29 @@ def test_a_step_without_host_reads_gives_the_same_loss_and_gradients(name, kind,
     _assert_close(gpu_grads, grads, atol=1e-7 * torch.cat([g.flatten() for g in grads]).norm())
 
 
+OFFICIAL_DELLA = {"kl_aggregate": "mean", "first_prior": "learned", "tie_lm_head": False, "pool": "attention",
+                  "pool_mask": False, "clamp": 5.0}
+
+
+@pytest.mark.parametrize("name,layout,args", [
+    *[(name, None, {}) for name in ("gpt2", "embed", "memory", "softmax", "optimus", "della")],
+    *[("della", None, args) for args in (OFFICIAL_DELLA, {"use_bow": True}, {"bn_gamma": 0.5}, {"kl_threshold": 0.1},
+                                         {"fusion": "add"}, {"shared_latent": True}, {"recurrence": False},
+                                         {"kl_layers": "last"})],
+    *[(name, "gpt2", {}) for name in ("gpt2", "embed", "memory", "softmax", "della")],
+    *[(name, "bart", {}) for name in ("bart", "embed", "memory", "softmax", "della")]])
+def test_every_models_training_step_traces_as_one_graph(name, layout, args):
+    """No host read and no graph break in a training step (fullgraph fails on either), so on a GPU it
+    never waits for the queued kernels and compiles into one graph: one CUDA graph per batch shape."""
+    torch.manual_seed(0)
+    model = build_model(name, args, VOCAB, backbone_config=BART_TINY if layout == "bart" else TINY,
+                        conditional=layout is not None).train()
+    ids, mask, condition = collate_batch(_split(layout), [0, 1, 2], VOCAB.pad_id)
+    torch._dynamo.reset()
+    step = torch.compile(model, backend="eager", fullgraph=True)
+    step(ids, mask, torch.tensor(0.5), condition).loss.backward()
+
+
 def test_padded_length_rounds_up_to_the_multiple_never_past_the_splits_longest():
     assert [padded_length(n, 8, 20) for n in (1, 8, 9, 16, 17, 20)] == [8, 8, 16, 16, 20, 20]
     assert [padded_length(n, 1, 20) for n in (1, 13, 20)] == [1, 13, 20]
