@@ -15,8 +15,8 @@ import torch
 
 from della.config import BackboneConfig
 from della.estimators import iw_batch
+from della.flops import vae_lm_floor
 from della.models import Vocab, build_model
-from train_speed import flop_floor
 
 
 def naive_iw(model, ids, mask, k: int) -> torch.Tensor:
@@ -56,7 +56,7 @@ def main() -> None:
     print(f"DELLA 4x256, vocab 8000, batch {args.batch}, seq 32, K={args.k}, {args.threads} threads")
     print(f"  batched (1 encoder pass, K decoder passes batched): {batched:6.2f} s")
     print(f"  naive   (K encoder + K decoder passes):            {naive:6.2f} s")
-    ideal = flop_floor(4, 256, vocab.size, 32)  # (encoder + decoder) / decoder, from FLOPs
+    ideal = vae_lm_floor(4, 256, vocab.size, 32)  # (encoder + decoder) / decoder, from FLOPs
     print(f"  speed-up: {naive / batched:.2f}x (ideal from FLOPs, all K-1 encoder passes saved: {ideal:.2f}x)")
 
 
