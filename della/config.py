@@ -98,6 +98,12 @@ class EvalConfig:
     batch_size: int = 32
     mi_batch_size: int | None = None  # None: whole evaluation set is the aggregate posterior (M = N)
     max_lines: int | None = None
+    iw_rows: int | str = "auto"  # sequences per IW decoder pass; auto: 128 on the CPU, what fits on CUDA
+
+    def __post_init__(self):
+        if self.iw_rows != "auto" and (isinstance(self.iw_rows, bool) or not isinstance(self.iw_rows, int)
+                                       or self.iw_rows < 1):
+            raise ConfigError(f"evaluate.iw_rows = {self.iw_rows!r}; valid: auto or an integer >= 1")
 
 
 @dataclass(frozen=True)

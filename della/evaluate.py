@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from della.batches import collate_batch, length_sorted_batches
-from della.estimators import (TooFewExamples, active_units, bootstrap_stderr, iw_batch, mutual_information,
+from della.estimators import (TooFewExamples, active_units, bootstrap_stderr, iw_batch, iw_rows, mutual_information,
                               path_averaged_means, require_examples)
 from della.io import atomic_write_json
 from della.metric_spec import MetricSpec
@@ -58,9 +58,10 @@ METRICS = {
 
 
 @torch.no_grad()
-def collect(model, split, k: int, batch_size: int, device) -> dict[str, torch.Tensor]:
+def collect(model, split, k: int, batch_size: int, device, rows_per_pass: int | str = "auto") -> dict[str, torch.Tensor]:
     """Run the IW estimator over a split; returns per-sentence tensors in split order. z, logvar
-    are the first sampled path (for MI); mean is averaged over the K paths (for AU)."""
+    are the first sampled path (for MI); mean is averaged over the K paths (for AU).
+    rows_per_pass: evaluate.iw_rows, the sequences a decoder pass takes (della.estimators.iw_rows)."""
     n = len(split.sequences)
     keys = ("log_marginal", "log_marginal_layer_mean", "rec_nll", "n_pred")
     acc = {key: torch.zeros(n) for key in keys}
@@ -70,7 +71,8 @@ def collect(model, split, k: int, batch_size: int, device) -> dict[str, torch.Te
     batches = list(length_sorted_batches(split.sequences, batch_size))
     for idx in tqdm(batches, desc=f"evaluate (K={k})", unit="batch", mininterval=2.0):
         ids, mask, condition = collate_batch(split, idx, model.vocab.pad_id, device)
-        est = iw_batch(model, ids, mask, k, condition=condition)
+        max_rows = iw_rows(rows_per_pass, device, ids.shape[1], model.vocab.size, model.backbone.n_embd)
+        est = iw_batch(model, ids, mask, k, max_rows=max_rows, condition=condition)
         post = est.posterior
         rows = torch.tensor(idx)
         acc["log_marginal"][rows] = est.log_marginal.cpu()
@@ -199,7 +201,7 @@ def evaluate(run_dir: Path, split: str, out_path: Path) -> dict:
     data = load_split(cfg, split, tokenizer, cfg.evaluate.max_lines, model.backbone.n_positions)
     start = time.perf_counter()
     with autocast(device, cfg.train.precision):
-        acc = collect(model, data, cfg.evaluate.iw_samples, cfg.evaluate.batch_size, device)
+        acc = collect(model, data, cfg.evaluate.iw_samples, cfg.evaluate.batch_size, device, cfg.evaluate.iw_rows)
         metrics = representation_metrics(model, acc, cfg.evaluate.iw_samples, cfg.evaluate.mi_batch_size)
         if split == "test" and cfg.task == "lm":
             metrics.update(probe_metrics(model, cfg, tokenizer, acc["mean"], device))

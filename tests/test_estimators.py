@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from della.config import ConfigError, EvalConfig
 from della.estimators import (TooFewExamples, active_units, bootstrap_stderr, gaussian_neg_entropy, iw_batch,
-                              mutual_information, path_averaged_means)
+                              iw_row_bytes, iw_rows, mutual_information, path_averaged_means)
 from della.models.base import gaussian_kl, gaussian_log_density
 from tests.conftest import random_batch, tiny_model
 
@@ -217,3 +218,33 @@ def test_bootstrap_stderr_is_the_standard_error_of_the_mean_and_deterministic():
     assert bootstrap_stderr(terms) == bootstrap_stderr(terms)
     assert abs(bootstrap_stderr(terms) - expected) < 0.1 * expected
     assert bootstrap_stderr(torch.full((50,), 2.5)) < 1e-12
+
+
+@pytest.mark.parametrize("name", ["embed", "della"])
+def test_the_iw_estimate_does_not_depend_on_how_many_sequences_a_decoder_pass_takes(name):
+    model = tiny_model(name)
+    ids, mask = random_batch()  # 4 sentences, K = 6: passes of 1, 2 and all 6 samples
+    estimates = []
+    for rows in (4, 8, 1000):
+        torch.manual_seed(0)
+        estimates.append(iw_batch(model, ids, mask, k=6, max_rows=rows).log_marginal)
+    for other in estimates[1:]:
+        assert torch.allclose(other, estimates[0], rtol=1e-6)
+
+
+def test_iw_rows_auto_is_128_on_the_cpu_and_what_half_the_free_memory_holds_on_cuda(monkeypatch):
+    row = iw_row_bytes(64, 50257, 768)
+    assert row == 16 * 64 * 50257 + 64 * 64 * 768
+    assert iw_rows("auto", torch.device("cpu"), 64, 50257, 768) == 128
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * 10 * row + row, 2**40))
+    assert iw_rows("auto", torch.device("cuda"), 64, 50257, 768) == 10
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (row, 2**40))
+    assert iw_rows("auto", torch.device("cuda"), 64, 50257, 768) == 1  # never 0: one sequence a pass
+    assert iw_rows(7, torch.device("cuda"), 64, 50257, 768) == 7
+
+
+def test_iw_rows_takes_auto_or_a_positive_integer_and_names_the_key_otherwise():
+    assert EvalConfig(iw_rows=64).iw_rows == 64
+    for wrong in (0, True, "all", 2.5):
+        with pytest.raises(ConfigError, match=f"evaluate.iw_rows = {wrong!r}"):
+            EvalConfig(iw_rows=wrong)
