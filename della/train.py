@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import hashlib
 import json
 import logging
@@ -328,6 +329,15 @@ class Trainer:
         self.warm_start = None  # set when train.resume = weights-only took another recipe's weights
         self.resumed_from = None
 
+    def close(self) -> None:
+        """Drop the DDP wrapper, then the process group. Its reducer holds the group too; were it the
+        last holder, the group's destructor would run with the GIL held and wait for gloo's worker
+        threads, which may need the GIL to free a finished collective's tensors: a deadlock at exit
+        (1 torchrun run in ~20 hung so). Dropped by destroy_process_group, the group is freed without the GIL."""
+        self.trained = None
+        gc.collect()  # DDP's module graph has reference cycles
+        self.dist.close()
+
     def _has_unused_parameters(self) -> bool:
         """One probe step (e.g. DELLA's first prior net is unused under p(z_1) = N(0, I))."""
         ids, mask, condition = collate_batch(self.train_split, [0, 1], self.model.vocab.pad_id, self.device)
@@ -591,7 +601,7 @@ def train(cfg: RunConfig, out: Path) -> dict | None:
         trainer.dist.barrier()  # ranks leave together: tearing gloo down while a peer still works can hang
         return summary
     finally:
-        trainer.dist.close()
+        trainer.close()
 
 
 def speed_settings(tc: TrainConfig, device: torch.device) -> dict:

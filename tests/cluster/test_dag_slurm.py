@@ -76,6 +76,8 @@ def test_dag_through_slurm_resumes_after_scancel_and_matches_the_local_table(clu
         proc.kill()
     assert not first.timed_out and first.returncode != 0, first.output[-4000:]
     assert not (run_dir / "run.json").exists()
+    assert {int(j["id"]): j["state"] for j in cluster.squeue_jobs()}[int(job["id"])] == "CANCELLED"
+    assert list((tmp_path / "logs/slurm").rglob(f"{job['id']}.log")), "the cancelled job's Slurm log is kept"
 
     second = cluster.run_snakemake(dag_args(tmp_path), cwd=tmp_path, timeout=RUN_TIMEOUT)
     print(f"\n[local-slurm] DAG with scancel + rerun: {time.monotonic() - t0:.0f} s "
