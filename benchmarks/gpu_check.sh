@@ -3,9 +3,10 @@
 # training on the GPU (CUDA graphs: one compile while β changes, none left out), then the train-step
 # benchmark at every size in fp32 and bf16 (the issue's target sizes first), then the compiled step at
 # (c) with CUDA graphs (`train.compile: reduce-overhead`: one launch a graph, so the step is no longer
-# launch-bound), then the conditional (CVAE) step on GPT-2 and BART at (a) and (c) in bf16 (issue 9). Everything
-# goes to stdout and, section by section, to $OUT/<section>.log when $OUT is set, so a section
-# that fails or times out loses none of the others. Under 10 minutes in all (each section has its
+# launch-bound), then IW-PPL's K=30 decoder passes batched against the official loop, then the
+# conditional (CVAE) step on GPT-2 and BART at (a) and (c) in bf16 (issue 9). Everything goes to
+# stdout and, section by section, to $OUT/<section>.log when $OUT is set, so a section that fails or
+# times out loses none of the others. Under 10 minutes in all (each section has its
 # own `timeout`). From the repository root, with the machine's own torch (no install):
 #
 #     bash benchmarks/gpu_check.sh                       # on the GPU machine
@@ -48,6 +49,7 @@ section benchmark 150 python3 benchmarks/train_speed.py --device "$DEVICE" --thr
   --precisions fp32,bf16 --steps "$STEPS" --warmup 3 $QUICK
 section benchmark_compiled 130 python3 benchmarks/train_speed.py --device "$DEVICE" --threads "$THREADS" --sizes c \
   --precisions bf16 --steps "$STEPS" --warmup 3 --compile reduce-overhead $QUICK
+section iw_cost 30 python3 benchmarks/iw_cost.py --device "$DEVICE" --threads "$THREADS" $([ -n "$QUICK" ] && echo --k 2 --batch 2)
 section benchmark_conditional 80 python3 benchmarks/train_speed.py --device "$DEVICE" --threads "$THREADS" \
   --task conditional --sizes a,c --precisions bf16 --steps "$STEPS" --warmup 3 $QUICK
 echo; echo "=== gpu_check done in ${SECONDS}s"

@@ -2,7 +2,7 @@
 code's way (K full encoder + decoder passes, one sample at a time). Both give the same estimator;
 the script prints the time of each and their ratio, measured in one run.
 
-    python benchmarks/iw_cost.py [--k 30] [--batch 32] [--threads 2]
+    python benchmarks/iw_cost.py [--k 30] [--batch 32] [--threads 2] [--device cuda]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 import torch
 
 from della.config import BackboneConfig
-from della.estimators import iw_batch
+from della.estimators import iw_batch, iw_rows
 from della.flops import vae_lm_floor
 from della.models import Vocab, build_model
 
@@ -29,9 +29,12 @@ def naive_iw(model, ids, mask, k: int) -> torch.Tensor:
     return torch.logsumexp(torch.stack(log_w), 0) - math.log(k)
 
 
-def timed(fn) -> float:
+def timed(fn, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # CUDA runs asynchronously
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -40,20 +43,23 @@ def main() -> None:
     p.add_argument("--k", type=int, default=30)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     vocab = Vocab(size=8000, bos_id=1, eos_id=2, pad_id=0)
     cfg = BackboneConfig(n_layer=4, n_embd=256, n_head=4, n_positions=64, dropout=0.0)
-    model = build_model("della", {}, vocab, backbone_config=cfg).eval()
-    ids = torch.randint(3, vocab.size, (args.batch, 32))
+    device = torch.device(args.device)
+    model = build_model("della", {}, vocab, backbone_config=cfg).eval().to(device)
+    ids = torch.randint(3, vocab.size, (args.batch, 32), device=device)
     ids[:, 0] = vocab.bos_id
     mask = torch.ones_like(ids, dtype=torch.float)
     with torch.no_grad():
         iw_batch(model, ids, mask, 2), naive_iw(model, ids, mask, 2)  # warm-up
-        batched = timed(lambda: iw_batch(model, ids, mask, args.k))
-        naive = timed(lambda: naive_iw(model, ids, mask, args.k))
-    print(f"DELLA 4x256, vocab 8000, batch {args.batch}, seq 32, K={args.k}, {args.threads} threads")
+        rows = iw_rows("auto", device, ids.shape[1], vocab.size, cfg.n_embd)  # as `evaluate` sizes its passes
+        batched = timed(lambda: iw_batch(model, ids, mask, args.k, max_rows=rows), device)
+        naive = timed(lambda: naive_iw(model, ids, mask, args.k), device)
+    print(f"DELLA 4x256, vocab 8000, batch {args.batch}, seq 32, K={args.k}, on {device} ({args.threads} threads)")
     print(f"  batched (1 encoder pass, K decoder passes batched): {batched:6.2f} s")
     print(f"  naive   (K encoder + K decoder passes):            {naive:6.2f} s")
     ideal = vae_lm_floor(4, 256, vocab.size, 32)  # (encoder + decoder) / decoder, from FLOPs

@@ -42,7 +42,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from della.config import BackboneConfig, TrainConfig
-from della.flops import PEAK_TFLOPS, cvae_floor, matmul_precision, peak_tflops, train_flops_per_token, vae_lm_floor
+from della.flops import PEAK_TFLOPS, cvae_floor, matmul_precision, peak_tflops, train_flops_per_sequence, vae_lm_floor
 from della.models import Vocab, build_model
 from della.models.base import Condition
 from della.train import autocast, begin_step, compile_model, make_optimizer, to_device
@@ -215,8 +215,9 @@ def bench(label: str, size: Size, precision: str, steps: int, device: torch.devi
           f"median of {steps} steps; peak {f'{peak:g} TFLOP/s ({source})' if peak else f'unknown: {source}'}")
     mfu = {}
     for name in MODELS:
-        flops = train_flops_per_token(size.n_layer, size.n_embd, size.vocab, size.seq, encoder=name != "gpt2")
-        mfu[name] = flops * tokens / med[name] / (peak * 1e12) if peak else None
+        flops = size.batch * train_flops_per_sequence(size.n_layer, size.n_embd, size.vocab, size.seq,
+                                                      encoder=name != "gpt2")
+        mfu[name] = flops / med[name] / (peak * 1e12) if peak else None
         print(f"  {name:6s} params {runs[name][1] / 1e6:8.2f} M   step {med[name] * 1e3:8.1f} ms   "
               f"x LM {med[name] / med['gpt2']:.3f}   {tokens / med[name]:10.0f} tokens/s   "
               f"MFU {'n/a' if mfu[name] is None else f'{mfu[name] * 100:.1f}%'}   {ops_text(runs, name, 'gpt2')}")

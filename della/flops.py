@@ -3,9 +3,10 @@
 
 The count is the usual dense-Transformer one (Kaplan et al. 2020, PaLM App. B): per token and
 layer 24 d^2 (QKV, output, 4d MLP) + 4 T d (scores and weighted sum), the LM head 2 d V, and a
-training step is 3x the forward (backward = 2x). A latent model adds one encoder pass without
-the LM head; its latent heads (O(d p) per layer and sentence) are left out, so MFU is a slight
-underestimate for DELLA.
+training step is 3x the forward (backward = 2x). On a sequence of T tokens the decoder reads the
+T - 1 that predict a next one (the last predicts nothing, so it is not decoded); a latent model adds
+one encoder pass over all T without the LM head. Its latent heads (O(d p) per layer and sentence)
+are left out, so MFU is a slight underestimate for DELLA.
 """
 
 from __future__ import annotations
@@ -24,38 +25,42 @@ def forward_flops_per_token(n_layer: int, d: int, vocab: int, seq: float) -> tup
     return n_layer * (24 * d * d + 4 * seq * d), 2 * d * vocab
 
 
-def train_flops_per_token(n_layer: int, d: int, vocab: int, seq: float, encoder: bool) -> float:
-    """Forward + backward FLOPs per token of one training step; `encoder`: a latent model's extra pass."""
-    body, head = forward_flops_per_token(n_layer, d, vocab, seq)
-    return 3 * (body + head + (body if encoder else 0))
+def train_flops_per_sequence(n_layer: int, d: int, vocab: int, seq: float, encoder: bool) -> float:
+    """Forward + backward FLOPs of a training step on one sequence of seq tokens: the decoder over
+    its seq - 1 predicting positions; `encoder`: a latent model's extra pass over all seq."""
+    decoder_body, head = forward_flops_per_token(n_layer, d, vocab, seq - 1)
+    encoder_body, _ = forward_flops_per_token(n_layer, d, vocab, seq)
+    return 3 * ((seq - 1) * (decoder_body + head) + (seq * encoder_body if encoder else 0))
 
 
 def vae_lm_floor(n_layer: int, d: int, vocab: int, seq: float) -> float:
-    """The least step-time ratio of a latent model to the LM: 1 + body / (body + head)."""
-    body, head = forward_flops_per_token(n_layer, d, vocab, seq)
-    return 1 + body / (body + head)
+    """The least step-time ratio of a latent model to the LM: their FLOPs on one sequence."""
+    return (train_flops_per_sequence(n_layer, d, vocab, seq, encoder=True)
+            / train_flops_per_sequence(n_layer, d, vocab, seq, encoder=False))
 
 
 def cvae_floor(kind: str, n_layer: int, d: int, vocab: int, source: int, target: int) -> float:
     """The least step-time ratio of a latent CVAE to its plain backbone on (source, target) token
     lengths: the FLOPs of the plain model's pass plus the latent model's extra encoder passes, over
-    the plain model's. gpt2: the plain pass is the decoder over source + target; the CVAE adds the
-    posterior's bidirectional pass over source + target and the condition's over the source.
-    bart: the plain pass is the encoder over the source plus the decoder over the target (self- and
-    cross-attention, 28 d^2 per token and layer, and 4 d^2 per source token and layer for the
-    cross-attention keys and values); the CVAE adds the posterior's encoder pass over source +
-    target (its condition reuses the source's encoder pass). Latent heads are left out."""
+    the plain model's. gpt2: the plain pass is the decoder over source + target (less the last
+    token, which predicts nothing); the CVAE adds the posterior's bidirectional pass over source +
+    target and the condition's over the source. bart: the plain pass is the encoder over the source
+    plus the decoder over the target less its last token (self- and cross-attention, 28 d^2 per
+    token and layer, and 4 d^2 per source token and layer for the cross-attention keys and values);
+    the CVAE adds the posterior's encoder pass over source + target (its condition reuses the
+    source's encoder pass). Latent heads are left out."""
     def encoder(seq: int) -> float:  # a bidirectional pass without the LM head
         return seq * n_layer * (24 * d * d + 4 * seq * d)
 
     both = source + target
     if kind == "gpt2":
-        plain = both * (n_layer * (24 * d * d + 4 * both * d) + 2 * d * vocab)
+        plain = (both - 1) * (n_layer * (24 * d * d + 4 * (both - 1) * d) + 2 * d * vocab)
         return (plain + encoder(both) + encoder(source)) / plain
     if kind != "bart":
         raise ValueError(f"kind {kind!r}: expected gpt2 or bart")
-    decoder = target * n_layer * (28 * d * d + 4 * target * d + 4 * source * d) + source * n_layer * 4 * d * d
-    plain = encoder(source) + decoder + target * 2 * d * vocab
+    decoded = target - 1
+    decoder = decoded * n_layer * (28 * d * d + 4 * decoded * d + 4 * source * d) + source * n_layer * 4 * d * d
+    plain = encoder(source) + decoder + decoded * 2 * d * vocab
     return (plain + encoder(both)) / plain
 
 

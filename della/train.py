@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from della.batches import EncodedSplit, collate_batch, encode_split, length_sorted_batches, shuffled_batches
 from della.config import ConfigError, RunConfig, TrainConfig
-from della.flops import matmul_precision, peak_tflops, train_flops_per_token
+from della.flops import matmul_precision, peak_tflops, train_flops_per_sequence
 from della.io import atomic_write_binary, atomic_write_json, atomic_write_text, md5sum, naming_a_full_disk
 from della.models import LatentModel, Vocab, build_model
 from della.provenance import provenance
@@ -613,12 +613,12 @@ def speed_settings(tc: TrainConfig, device: torch.device) -> dict:
 
 
 def utilisation(trainer: Trainer, tokens_per_second: float) -> dict:
-    """Model FLOPs per predicted token (della.flops at the mean training length, the <s> position's
-    share included) and MFU = FLOP/s over the dense peak of every process's card, or null and why."""
+    """Model FLOPs per predicted token (della.flops on a sequence of the mean training length, over
+    its predicted tokens) and MFU = FLOP/s over the dense peak of every process's card, or null and why."""
     bb, lengths = trainer.model.backbone, [len(s) for s in trainer.train_split.sequences]
     mean_len = sum(lengths) / len(lengths)
-    per_token = train_flops_per_token(bb.n_layer, bb.n_embd, trainer.model.vocab.size, mean_len,
-                                      encoder=trainer.model.n_groups > 0) * mean_len / max(mean_len - 1, 1)
+    per_token = train_flops_per_sequence(bb.n_layer, bb.n_embd, trainer.model.vocab.size, mean_len,
+                                         encoder=trainer.model.n_groups > 0) / max(mean_len - 1, 1)
     device = trainer.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     peak, why = peak_tflops(name, speed_settings(trainer.cfg.train, device)["matmul"])

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("metrics").error("%s", err.args[0] if isinstance(err, KeyError) else err)
         return 2
     write_json(document, args.out)
-    for key, entry in document["metrics"].items():
+    for entry in document["metrics"].values():
         value = entry["value"]
         shown = "null" if value is None else f"{value * entry['display_scale']:.{entry['decimals']}f}"
         print(f"{entry['label']:10s} {shown:>8s}  {entry['signature']}")

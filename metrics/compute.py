@@ -157,7 +157,7 @@ def _run_metric(spec: registry.MetricSpec, ctx: EvalContext, optional: bool) -> 
     log.info("computing %s on %d samples", spec.name, len(ctx.samples))
     try:
         scores = spec.fn(ctx)
-    except Exception as err:  # noqa: BLE001 - only these two kinds are recorded, others raise
+    except Exception as err:  # only these two kinds are recorded, others raise
         if not (isinstance(err, MetricUndefined) or optional):
             raise MetricFailed(f"{spec.name}: {type(err).__name__}: {err} (mark it optional in "
                                "the config to record it as not computed instead)") from err

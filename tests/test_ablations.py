@@ -4,7 +4,6 @@ paper's model."""
 
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from della.checkpoints import CheckpointError, import_checkpoint, map_official
 from della.cli import main as della_cli
 from della.data.tokenizer import load_tokenizer
-from della.models import build_model
 from della.run import load_trained
 from della.run_config_cli import load_workflow_config
 from tests.conftest import REPO
@@ -29,7 +28,7 @@ def official_state_dict(vocab_size: int, seed: int = 0, bow: bool = False, width
     """Random tensors named and shaped as the official `Della.state_dict()` (shared modules appear
     under both encoder. and decoder.)."""
     g = torch.Generator().manual_seed(seed)
-    D = width  # noqa: N806  (shadows the module default for this state_dict)
+    D = width  # shadows the module default for this state_dict
 
     def rand(*shape, scale=0.3, centre=0.0):
         return centre + scale * torch.randn(*shape, generator=g)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from della import cost
-from della.flops import cvae_floor, forward_flops_per_token, peak_tflops, train_flops_per_token, vae_lm_floor
+from della.flops import cvae_floor, forward_flops_per_token, peak_tflops, train_flops_per_sequence, vae_lm_floor
 from tests.conftest import tiny_model
 
 
@@ -22,11 +22,12 @@ def test_the_body_count_is_two_flops_per_matmul_weight_of_the_blocks():
 
 
 def test_gpt2_small_training_flops_and_the_vae_floor():
-    body = 12 * (24 * 768**2 + 4 * 128 * 768)
-    head = 2 * 768 * 50257
-    assert train_flops_per_token(12, 768, 50257, 128, encoder=False) == 3 * (body + head)
-    assert train_flops_per_token(12, 768, 50257, 128, encoder=True) == 3 * (2 * body + head)
-    assert vae_lm_floor(12, 768, 50257, 128) == pytest.approx(1 + body / (body + head))
+    """128 tokens: the decoder runs over the 127 that predict one, the encoder over all 128."""
+    decoder = 127 * (12 * (24 * 768**2 + 4 * 127 * 768) + 2 * 768 * 50257)
+    encoder = 128 * 12 * (24 * 768**2 + 4 * 128 * 768)
+    assert train_flops_per_sequence(12, 768, 50257, 128, encoder=False) == 3 * decoder
+    assert train_flops_per_sequence(12, 768, 50257, 128, encoder=True) == 3 * (decoder + encoder)
+    assert vae_lm_floor(12, 768, 50257, 128) == pytest.approx(1 + encoder / decoder)
 
 
 def test_peaks_come_from_the_table_by_card_name_or_say_why_not():
@@ -54,9 +55,11 @@ def test_the_cost_entries_carry_mfu_or_the_reason_it_is_null():
 
 def test_cvae_floor_counts_the_extra_encoder_passes_by_hand():
     """L = 1, d = 1, V = 1, source 2, target 3: every term small enough to add up by hand."""
-    # gpt2: plain 5 * (24 + 4*5 + 2) = 230; posterior 5 * (24 + 20) = 220; condition 2 * (24 + 8) = 64
-    assert cvae_floor("gpt2", 1, 1, 1, 2, 3) == pytest.approx((230 + 220 + 64) / 230)
-    # bart: encoder 2 * (24 + 8) = 64; decoder 3 * (28 + 12 + 8) + 2 * 4 = 152; head 3 * 2 = 6; posterior 220
-    assert cvae_floor("bart", 1, 1, 1, 2, 3) == pytest.approx((64 + 152 + 6 + 220) / (64 + 152 + 6))
+    # gpt2: plain over 4 of the 5 tokens 4 * (24 + 4*4 + 2) = 168; posterior 5 * (24 + 20) = 220;
+    # condition 2 * (24 + 8) = 64
+    assert cvae_floor("gpt2", 1, 1, 1, 2, 3) == pytest.approx((168 + 220 + 64) / 168)
+    # bart: encoder 2 * (24 + 8) = 64; decoder over 2 of the 3 target tokens 2 * (28 + 8 + 8) + 2 * 4 = 96;
+    # head 2 * 2 = 4; posterior 220
+    assert cvae_floor("bart", 1, 1, 1, 2, 3) == pytest.approx((64 + 96 + 4 + 220) / (64 + 96 + 4))
     with pytest.raises(ValueError, match="expected gpt2 or bart"):
         cvae_floor("t5", 1, 1, 1, 2, 3)

@@ -92,6 +92,20 @@ def test_decoder_is_causal(name):
     assert not torch.allclose(logits[:, 6:], logits2[:, 6:])
 
 
+@pytest.mark.parametrize("name", GPT2_MODELS)
+@torch.no_grad()
+def test_token_nll_scores_every_next_token_of_the_full_sequence_decode(name):
+    """token_nll decodes all but the last token (which predicts nothing): the same log-probabilities
+    as the whole sequence's decode, summed over the real tokens after <s>."""
+    model = tiny_model(name)
+    ids, mask = random_batch()
+    z = model.sample_prior(4, torch.Generator().manual_seed(1))
+    logp = model.decode(ids, z)[0].log_softmax(-1)
+    by_hand = torch.stack([-sum(logp[b, t - 1, ids[b, t]] for t in range(1, int(mask[b].sum())))
+                           for b in range(ids.shape[0])])
+    torch.testing.assert_close(model.token_nll(ids, mask, z), by_hand, atol=1e-5, rtol=1e-5)
+
+
 def test_della_latent_changes_every_injected_layer_and_no_layer_below():
     model = tiny_model("della", begin_layer=1, end_layer=2)
     ids, _ = random_batch(pad_last=0)
@@ -189,7 +203,7 @@ def test_save_and_load_round_trip(tmp_path):
     model = tiny_model("della", lmf_mode="lowrank", tie_lm_head=False)
     model.save_pretrained(tmp_path / "m")
     loaded = type(model).from_pretrained(tmp_path / "m").eval()
-    ids, mask = random_batch()
+    ids, _ = random_batch()
     z = model.sample_prior(4)
     assert loaded.config == model.config
     assert torch.equal(model.decode(ids, z)[0], loaded.decode(ids, z)[0])

@@ -85,7 +85,7 @@ class Backbone(nn.Module):
         """input_ids (N, T). Causal passes assume right padding (pad keys then only follow the
         real tokens, which the causal mask already hides); bidirectional passes mask pad keys."""
         inject = inject or Injection()
-        N, T = input_ids.shape
+        T = input_ids.shape[1]
         past = 0 if cache is None else cache[0][0].shape[2]
         if past + T > self.n_positions:
             raise ValueError(f"sequence of {past + T} tokens exceeds the backbone's {self.n_positions} positions")

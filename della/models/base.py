@@ -246,8 +246,9 @@ class LatentModel(nn.Module):
                   condition: Condition | None = None) -> torch.Tensor:
         """-log p(x | z[, c]) per sentence (N,), summed over the predicted tokens (all but <s>;
         the target only, for a CVAE)."""
-        logits, _ = self.decode(input_ids, z, condition=condition)
-        logits = logits[:, :-1].float()  # the last position predicts nothing; fp32 CE under bf16 autocast
+        # the last token predicts nothing, so it is not decoded (causal: the other positions are unchanged)
+        logits, _ = self.decode(input_ids[:, :-1], z, condition=condition)
+        logits = logits.float()  # fp32 CE under bf16 autocast
         N, T, V = logits.shape
         ce = F.cross_entropy(logits.reshape(N * T, V), input_ids[:, 1:].reshape(N * T), reduction="none")
         return (ce.view(N, T) * self.predicted_mask(mask, condition)).sum(1)

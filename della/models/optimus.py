@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, BertConfig, BertModel
 
@@ -114,9 +113,3 @@ class OptimusVAE(SingleLatentVAE):
         out = self.backbone(input_ids, torch.ones_like(input_ids), causal=True, cache=cache,
                             inject=Injection(embed=self.latent_to_embedding(z[:, 0])), use_cache=use_cache)
         return self.output_logits(out.hidden, z), out.cache
-
-    def token_nll(self, input_ids, mask, z, condition=None):
-        logits, _ = self.decode(input_ids[:, :-1], z)  # the last token predicts nothing
-        target = input_ids[:, 1:]
-        ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
-        return (ce.view_as(target) * mask[:, 1:]).sum(1)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cluster_settings import GPU_PARTITION, profile_partition  # noqa: E402
-from slurm import LocalSlurm, SlurmUnavailable  # noqa: E402
+from cluster_settings import GPU_PARTITION, profile_partition
+from slurm import LocalSlurm, SlurmUnavailable
 
 
 @pytest.fixture(scope="session")

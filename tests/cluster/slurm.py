@@ -600,7 +600,11 @@ class LocalSlurm:
 
     def squeue_job_ids(self, states: str = "all") -> list[int]:
         """Ids of jobs in the given states (squeue ``-t`` syntax; default: all)."""
-        return [int(j["id"]) for j in self.squeue_jobs(states) if j["id"].isdigit()]
+        return list(self.jobs_by_id(states))
+
+    def jobs_by_id(self, states: str = "all") -> dict[int, dict[str, str]]:
+        """squeue_jobs keyed by their numeric job id."""
+        return {int(j["id"]): j for j in self.squeue_jobs(states) if j["id"].isdigit()}
 
     def scancel(self, job_id: int | str, signal_name: str | None = None) -> None:
         cmd = ["scancel"]

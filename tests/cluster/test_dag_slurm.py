@@ -50,8 +50,8 @@ def table_rows(workdir: Path) -> dict[str, str]:
 
 
 def rules_of(cluster: LocalSlurm, job_ids) -> dict[int, str]:
-    comments = {int(j["id"]): j["comment"] for j in cluster.squeue_jobs()}
-    return {i: comments.get(i, "?").split("_wildcards")[0].removeprefix("rule_") for i in job_ids}
+    jobs = cluster.jobs_by_id()
+    return {i: jobs.get(i, {}).get("comment", "?").split("_wildcards")[0].removeprefix("rule_") for i in job_ids}
 
 
 def test_dag_through_slurm_resumes_after_scancel_and_matches_the_local_table(cluster, default_dag, tmp_path):
@@ -76,7 +76,7 @@ def test_dag_through_slurm_resumes_after_scancel_and_matches_the_local_table(clu
         proc.kill()
     assert not first.timed_out and first.returncode != 0, first.output[-4000:]
     assert not (run_dir / "run.json").exists()
-    assert {int(j["id"]): j["state"] for j in cluster.squeue_jobs()}[int(job["id"])] == "CANCELLED"
+    assert cluster.jobs_by_id()[int(job["id"])]["state"] == "CANCELLED"
     assert list((tmp_path / "logs/slurm").rglob(f"{job['id']}.log")), "the cancelled job's Slurm log is kept"
 
     second = cluster.run_snakemake(dag_args(tmp_path), cwd=tmp_path, timeout=RUN_TIMEOUT)

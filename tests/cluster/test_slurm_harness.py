@@ -85,10 +85,6 @@ def snakemake_args(*extra: str, steps: int, gpu: int = LocalSlurm.gpus) -> list[
     ]
 
 
-def jobs_by_id(cluster: LocalSlurm) -> dict[int, dict[str, str]]:
-    return {int(j["id"]): j for j in cluster.squeue_jobs()}
-
-
 def test_workflow_runs_through_sbatch(cluster: LocalSlurm, tmp_path: Path):
     wf = make_workflow(tmp_path / "wf")
     # steps=1 keeps every job under ~11 s, so the plugin's status polling (1 s, then
@@ -104,7 +100,7 @@ def test_workflow_runs_through_sbatch(cluster: LocalSlurm, tmp_path: Path):
     assert len(submitted) == 3, run.output[-4000:]
     ids = sorted(submitted.values())
     assert len(set(ids)) == 3
-    known = jobs_by_id(cluster)
+    known = cluster.jobs_by_id()
     comments = {}
     for job_id in ids:
         assert job_id in known, f"job {job_id} not in squeue -t all: {known}"
@@ -160,8 +156,8 @@ def test_second_cluster_picks_free_ports_and_stops_only_its_daemons(cluster: Loc
                              env=second.submit_env(), capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         job_id = int(out.stdout.strip().split(";")[0])
-        wait_until(lambda: {int(j["id"]): j["state"] for j in second.squeue_jobs()}.get(job_id)
-                   == "COMPLETED", timeout=30, what=f"job {job_id} to complete")
+        wait_until(lambda: second.jobs_by_id().get(job_id, {}).get("state") == "COMPLETED",
+                   timeout=30, what=f"job {job_id} to complete")
         pids = second.pids
     assert second.scratch is None and not second.pids
     for name, pid in pids.items():

@@ -74,6 +74,7 @@ def test_chunked_bertscore_equals_bert_score_in_one_call(shared_lines, monkeypat
                                num_layers=6, idf=idf)
     assert entry["value"] == pytest.approx(float(f.double().mean()), abs=1e-6)
     assert entry["details"]["recall"] == pytest.approx(float(r.double().mean()), abs=1e-6)
+    assert entry["details"]["precision"] == pytest.approx(float(p.double().mean()), abs=1e-6)
 
 
 def test_a_missing_encoder_fails_unless_optional_then_it_is_recorded(tmp_path):
