@@ -54,9 +54,9 @@ def main() -> None:
     ids = torch.randint(3, vocab.size, (args.batch, 32), device=device)
     ids[:, 0] = vocab.bos_id
     mask = torch.ones_like(ids, dtype=torch.float)
+    rows = iw_rows("auto", device, ids.shape[1], vocab.size, cfg.n_embd)  # as `evaluate` sizes its passes
     with torch.no_grad():
-        iw_batch(model, ids, mask, 2), naive_iw(model, ids, mask, 2)  # warm-up
-        rows = iw_rows("auto", device, ids.shape[1], vocab.size, cfg.n_embd)  # as `evaluate` sizes its passes
+        iw_batch(model, ids, mask, 2, max_rows=rows), naive_iw(model, ids, mask, 2)  # warm-up
         batched = timed(lambda: iw_batch(model, ids, mask, args.k, max_rows=rows), device)
         naive = timed(lambda: naive_iw(model, ids, mask, args.k), device)
     print(f"DELLA 4x256, vocab 8000, batch {args.batch}, seq 32, K={args.k}, on {device} ({args.threads} threads)")

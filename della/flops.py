@@ -50,11 +50,11 @@ def cvae_floor(kind: str, n_layer: int, d: int, vocab: int, source: int, target:
     the CVAE adds the posterior's encoder pass over source + target (its condition reuses the
     source's encoder pass). Latent heads are left out."""
     def encoder(seq: int) -> float:  # a bidirectional pass without the LM head
-        return seq * n_layer * (24 * d * d + 4 * seq * d)
+        return seq * forward_flops_per_token(n_layer, d, vocab, seq)[0]
 
     both = source + target
     if kind == "gpt2":
-        plain = (both - 1) * (n_layer * (24 * d * d + 4 * (both - 1) * d) + 2 * d * vocab)
+        plain = (both - 1) * sum(forward_flops_per_token(n_layer, d, vocab, both - 1))
         return (plain + encoder(both) + encoder(source)) / plain
     if kind != "bart":
         raise ValueError(f"kind {kind!r}: expected gpt2 or bart")
