@@ -45,13 +45,13 @@ BENCHMARK_FIELDS = {"s": "wall_seconds", "max_rss": "max_rss_mb"}
 
 
 def device_text(provenance: dict[str, Any]) -> str:
-    """E.g. "cpu (x86_64, 1 thread)", "NVIDIA H100 80GB HBM3", "4 × NVIDIA A100-SXM4-80GB"."""
+    """E.g. "cpu (AMD EPYC, AVX512, 1 thread)", "NVIDIA H100 80GB HBM3", "4 × NVIDIA A100-SXM4-80GB"."""
     device = provenance.get("device") or {}
     if device.get("type") == "cuda":
         text = device.get("name") or "cuda"
     else:
         threads = device.get("torch_threads")
-        details = [device.get("cpu") or device.get("machine"),
+        details = [device.get("cpu") or device.get("machine"), device.get("cpu_capability"),
                    f"{threads} thread{'' if threads == 1 else 's'}" if isinstance(threads, int) else None]
         details = [str(d) for d in details if d]
         text = device.get("type", "unknown") + (f" ({', '.join(details)})" if details else "")

@@ -19,6 +19,7 @@ import argparse
 import logging
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -63,38 +64,35 @@ def collect(model, split, k: int, batch_size: int, device, rows_per_pass: int | 
     are the first sampled path (for MI); mean is averaged over the K paths (for AU).
     rows_per_pass: evaluate.iw_rows, the sequences a decoder pass takes (della.estimators.iw_rows)."""
     n = len(split.sequences)
-    keys = ("log_marginal", "log_marginal_layer_mean", "rec_nll", "n_pred")
-    acc = {key: torch.zeros(n) for key in keys}
+    # Accumulated on the device and copied to the host once: a copy per batch would stall the GPU.
+    zeros = partial(torch.zeros, device=device)
+    acc = {key: zeros(n) for key in ("log_marginal", "log_marginal_layer_mean", "rec_nll", "n_pred")}
     G, p, d = model.n_groups, model.latent_size, model.feature_size
-    acc.update(kl=torch.zeros(n, G), z=torch.zeros(n, G, p), mean=torch.zeros(n, G, p),
-               logvar=torch.zeros(n, G, p), features=torch.zeros(n, G, d))
+    acc.update(kl=zeros(n, G), z=zeros(n, G, p), mean=zeros(n, G, p), logvar=zeros(n, G, p), features=zeros(n, G, d))
     batches = list(length_sorted_batches(split.sequences, batch_size))
     for idx in tqdm(batches, desc=f"evaluate (K={k})", unit="batch", mininterval=2.0):
         ids, mask, condition = collate_batch(split, idx, model.vocab.pad_id, device)
         max_rows = iw_rows(rows_per_pass, device, ids.shape[1], model.vocab.size, model.backbone.n_embd)
         est = iw_batch(model, ids, mask, k, max_rows=max_rows, condition=condition)
         post = est.posterior
-        rows = torch.tensor(idx)
-        acc["log_marginal"][rows] = est.log_marginal.cpu()
-        acc["log_marginal_layer_mean"][rows] = est.log_marginal_layer_mean.cpu()
-        acc["rec_nll"][rows] = est.rec_nll.cpu()
-        acc["n_pred"][rows] = model.predicted_mask(mask, condition).sum(1).cpu()
-        acc["kl"][rows] = est.kl.cpu()
-        for key, value in (("z", post.z[0]), ("mean", path_averaged_means(post)), ("logvar", post.logvar[0]),
-                           ("features", est.features)):
-            acc[key][rows] = value.cpu()
-    return acc
+        rows = torch.tensor(idx, device=device)
+        for key, value in (("log_marginal", est.log_marginal), ("log_marginal_layer_mean", est.log_marginal_layer_mean),
+                           ("rec_nll", est.rec_nll), ("n_pred", model.predicted_mask(mask, condition).sum(1)),
+                           ("kl", est.kl), ("z", post.z[0]), ("mean", path_averaged_means(post)),
+                           ("logvar", post.logvar[0]), ("features", est.features)):
+            acc[key][rows] = value
+    return {key: value.cpu() for key, value in acc.items()}
 
 
 @torch.no_grad()
 def posterior_means(model, split, k: int, batch_size: int, device) -> torch.Tensor:
     """E_q[z | x] (N, G, p) over k paths, as `collect` computes it, from the encoder and latent
     heads alone (no decoder pass)."""
-    means = torch.zeros(len(split.sequences), model.n_groups, model.latent_size)
+    means = torch.zeros(len(split.sequences), model.n_groups, model.latent_size, device=device)
     for idx in length_sorted_batches(split.sequences, batch_size):
         features = model.encode(*collate_batch(split, idx, model.vocab.pad_id, device))
-        means[torch.tensor(idx)] = path_averaged_means(model.sample_posterior(features, k)).cpu()
-    return means
+        means[torch.tensor(idx, device=device)] = path_averaged_means(model.sample_posterior(features, k))
+    return means.cpu()
 
 
 def ppl_metrics(acc: dict, k: int, n_groups: int) -> dict[str, dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -11,6 +12,9 @@ from pathlib import Path
 import torch
 
 PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "della-bench")
+# Settings that pick another CPU kernel, hence another float rounding, for the same code and seed.
+CPU_KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def git_commit(repo: Path = Path(__file__).resolve().parents[1]) -> str | None:
@@ -40,8 +44,25 @@ def describe_device(device: torch.device) -> dict[str, object]:
     if device.type == "cuda":
         info["name"] = torch.cuda.get_device_name(device)
     else:
-        info["cpu"] = platform.processor() or platform.machine()
+        # A CPU model or instruction set of its own picks its own kernels, whose rounding can move a
+        # trained model's numbers: the same config and seed reproduce exactly only where these match.
+        info["cpu"] = cpu_model()
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        overrides = {name: os.environ[name] for name in CPU_KERNEL_ENV if name in os.environ}
+        if overrides:
+            info["cpu_kernel_env"] = overrides
     return info
+
+
+def cpu_model(cpuinfo: Path = CPUINFO) -> str:
+    """E.g. "AMD EPYC" or "Intel(R) Xeon(R) Platinum 8480+" (Linux), else what `platform` knows."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def provenance(device: torch.device) -> dict[str, object]:

@@ -123,6 +123,7 @@ def test_cost_table_latex_html_and_csv(cost_tables):
 @pytest.mark.parametrize("provenance, text", [
     ({"device": CPU, "world_size": 1}, "cpu (x86_64, 1 thread)"),
     ({"device": {**CPU, "torch_threads": 8}}, "cpu (x86_64, 8 threads)"),
+    ({"device": {**CPU, "cpu": "AMD EPYC", "cpu_capability": "AVX512"}}, "cpu (AMD EPYC, AVX512, 1 thread)"),
     ({"device": H100, "world_size": 4}, "4 × NVIDIA H100 80GB HBM3"),
     ({}, "unknown"),
 ])

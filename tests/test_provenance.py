@@ -1,0 +1,33 @@
+"""What a run records of the CPU: the model and the kernels torch picked, which decide float rounding."""
+
+import platform
+
+import pytest
+import torch
+
+from della.provenance import CPU_KERNEL_ENV, cpu_model, describe_device
+
+
+@pytest.fixture
+def no_kernel_overrides(monkeypatch):
+    for name in CPU_KERNEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_a_cpu_run_records_the_cpu_model_and_torch_s_instruction_set(no_kernel_overrides):
+    info = describe_device(torch.device("cpu"))
+    assert info["cpu"] == cpu_model() and info["cpu"]
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert "cpu_kernel_env" not in info
+
+
+def test_a_kernel_override_in_the_environment_is_recorded(no_kernel_overrides, monkeypatch):
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    assert describe_device(torch.device("cpu"))["cpu_kernel_env"] == {"MKL_CBWR": "AVX2"}
+
+
+def test_cpu_model_reads_the_model_name_and_falls_back_to_platform(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
+    assert cpu_model(cpuinfo) == "AMD EPYC 9654 96-Core Processor"
+    assert cpu_model(tmp_path / "absent") == (platform.processor() or platform.machine())
