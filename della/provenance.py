@@ -42,7 +42,9 @@ def describe_device(device: torch.device) -> dict[str, object]:
     info: dict[str, object] = {"type": device.type, "torch_threads": torch.get_num_threads(),
                                "host": platform.node(), "machine": platform.machine()}
     if device.type == "cuda":
-        info["name"] = torch.cuda.get_device_name(device)
+        # The card and the CUDA/cuDNN builds pick the GPU kernels, as the CPU and its ISA do below.
+        info.update(name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
     else:
         # A CPU model or instruction set of its own picks its own kernels, whose rounding can move a
         # trained model's numbers: the same config and seed reproduce exactly only where these match.

@@ -31,3 +31,10 @@ def test_cpu_model_reads_the_model_name_and_falls_back_to_platform(tmp_path):
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
     assert cpu_model(cpuinfo) == "AMD EPYC 9654 96-Core Processor"
     assert cpu_model(tmp_path / "absent") == (platform.processor() or platform.machine())
+
+
+def test_a_cuda_run_records_the_card_and_the_cuda_and_cudnn_builds(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H200")
+    info = describe_device(torch.device("cuda"))
+    assert info["name"] == "NVIDIA H200" and "cpu" not in info
+    assert info["cuda"] == torch.version.cuda and info["cudnn"] == torch.backends.cudnn.version()
