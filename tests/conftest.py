@@ -47,14 +47,6 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist, the tests that share the default DAG or the local Slurm (session fixtures of
-    minutes) form one group, which `--dist loadgroup` gives one worker."""
-    for item in items:
-        if {"default_dag", "cluster"} & set(item.fixturenames):
-            item.add_marker(pytest.mark.xdist_group("default_dag_and_slurm"))
-
-
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """A tiny prepared synthetic corpus (96/24/24 sentences) and its trained BPE tokenizer."""
