@@ -17,6 +17,7 @@ from della.config import BackboneConfig
 from della.estimators import iw_batch, iw_rows
 from della.flops import vae_lm_floor
 from della.models import Vocab, build_model
+from della.train import synchronize
 
 
 def naive_iw(model, ids, mask, k: int) -> torch.Tensor:
@@ -30,11 +31,10 @@ def naive_iw(model, ids, mask, k: int) -> torch.Tensor:
 
 
 def timed(fn, device: torch.device) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # CUDA runs asynchronously
-    sync()
+    synchronize(device)
     start = time.perf_counter()
     fn()
-    sync()
+    synchronize(device)
     return time.perf_counter() - start
 
 

@@ -45,7 +45,7 @@ from della.config import BackboneConfig, TrainConfig
 from della.flops import PEAK_TFLOPS, cvae_floor, matmul_precision, peak_tflops, train_flops_per_sequence, vae_lm_floor
 from della.models import Vocab, build_model
 from della.models.base import Condition
-from della.train import autocast, begin_step, compile_model, make_optimizer, to_device
+from della.train import autocast, begin_step, compile_model, make_optimizer, synchronize, to_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +126,6 @@ def make_step(name: str, size: Size, device: torch.device, precision: str, compi
     opt = make_optimizer(model, TrainConfig(lr=1e-4), device)
     step_fn = compile_model(model, compile_mode)
     ids, mask, condition = batch(size, vocab, device, kind)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     steps = itertools.count()
 
     def forward_backward(beta: torch.Tensor) -> None:
@@ -135,14 +134,14 @@ def make_step(name: str, size: Size, device: torch.device, precision: str, compi
         loss.backward()
 
     def step() -> float:
-        sync()
+        synchronize(device)
         start = time.perf_counter()
         beta = to_device(torch.tensor(min(1.0, next(steps) / 100)), device)  # a new β every step, as in training
         opt.zero_grad(set_to_none=True)
         begin_step(compile_mode)
         forward_backward(beta)
         opt.step()
-        sync()
+        synchronize(device)
         return time.perf_counter() - start
 
     ops = None

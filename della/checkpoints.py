@@ -187,7 +187,8 @@ def import_official(source: Path, cfg: RunConfig, tokenizer, n_head: int | None)
     gpt2_config = GPT2Config(vocab_size=shape["vocab_size"], n_positions=shape["n_positions"], n_embd=shape["n_embd"],
                              n_layer=shape["n_layer"], n_head=n_head, bos_token_id=tokenizer.bos_id,
                              eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
-    model = build_model("della", args, vocab_of(tokenizer), gpt2_config=gpt2_config)
+    architecture = {"kind": "gpt2", "config": gpt2_config.to_dict()}
+    model = build_model("della", args, vocab_of(tokenizer), architecture=architecture)
     model.load_state_dict(map_official(state, model.layers, str(source)), strict=True)
     backbone = dataclasses.replace(cfg.backbone, pretrained=None, n_layer=shape["n_layer"], n_embd=shape["n_embd"],
                                    n_head=n_head, n_positions=shape["n_positions"])

@@ -131,6 +131,12 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels: CUDA runs asynchronously, so a timer around GPU work needs it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def compile_model(model: nn.Module, mode: bool | str) -> nn.Module:
     """train.compile: torch.compile with the eager RNG stream (fallback_random), so compiled and eager
     steps draw the same noise; `reduce-overhead` also records each step's kernels as CUDA graphs and

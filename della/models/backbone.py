@@ -14,14 +14,16 @@ Hooks a decoder pass accepts (all optional, see `Injection`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GPT2Config, GPT2Model
 
 from della.config import BackboneConfig
+
+if TYPE_CHECKING:  # transformers is imported where a backbone is built: a DAG parse needs none
+    from transformers import GPT2Model
 
 
 def can_inspect(t: torch.Tensor) -> bool:
@@ -60,6 +62,8 @@ class Backbone(nn.Module):
     @classmethod
     def build(cls, cfg: BackboneConfig, vocab_size: int, **special_ids: int) -> "Backbone":
         """special_ids: bos_token_id, eos_token_id, pad_token_id of the tokenizer."""
+        from transformers import GPT2Config, GPT2Model
+
         if cfg.pretrained:
             gpt2 = GPT2Model.from_pretrained(cfg.pretrained, attn_implementation="sdpa")
             if gpt2.config.vocab_size != vocab_size:
@@ -73,6 +77,13 @@ class Backbone(nn.Module):
                                 embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, **special_ids)
             gpt2 = GPT2Model(config)
         return cls(gpt2)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Backbone":
+        """The exact shape of a saved backbone (its HF config as a dict); the weights are loaded after."""
+        from transformers import GPT2Config, GPT2Model
+
+        return cls(GPT2Model(GPT2Config.from_dict(config)))
 
     @property
     def wte(self) -> nn.Embedding:

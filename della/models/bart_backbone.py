@@ -22,15 +22,17 @@ reconstruction (reference §5.1): the paper does not give it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BartConfig, BartForConditionalGeneration, BartModel
 
 from della.config import BackboneConfig
 from della.models.backbone import can_inspect
+
+if TYPE_CHECKING:  # transformers is imported where a backbone is built: a DAG parse needs none
+    from transformers import BartForConditionalGeneration, BartModel
 
 # Per decoder layer: self-attention keys and values (N, H, T_past, hd), then the cross-attention
 # keys and values over the encoder states (N, H, S, hd), computed once at the first step.
@@ -81,6 +83,8 @@ class BartBackbone(nn.Module):
               pad_token_id: int) -> "BartBackbone":
         """Pretrained by name or local dir (`cfg.pretrained`), or a small BART from `cfg`: n_layer
         encoder and n_layer decoder layers, FFN 4 * n_embd, `cfg.dropout` on every dropout."""
+        from transformers import BartConfig, BartForConditionalGeneration, BartModel
+
         special_ids = dict(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
         if cfg.pretrained:
             model = BartForConditionalGeneration.from_pretrained(cfg.pretrained, attn_implementation="sdpa")
@@ -97,6 +101,13 @@ class BartBackbone(nn.Module):
                             dropout=cfg.dropout, attention_dropout=cfg.dropout, activation_dropout=cfg.dropout,
                             decoder_start_token_id=eos_token_id, forced_eos_token_id=None, **special_ids)
         return cls(BartModel(config))
+
+    @classmethod
+    def from_config(cls, config: dict) -> "BartBackbone":
+        """The exact shape of a saved backbone (its HF config as a dict); the weights are loaded after."""
+        from transformers import BartConfig, BartModel
+
+        return cls(BartModel(BartConfig.from_dict(config)))
 
     @property
     def wte(self) -> nn.Embedding:

@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BartConfig, BartModel, GPT2Config, GPT2Model
 
 from della.config import BackboneConfig
 from della.io import atomic_write_binary, atomic_write_json, replace_dir
@@ -307,13 +306,9 @@ class LatentModel(nn.Module):
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "LatentModel":
         meta = json.loads((Path(directory) / "config.json").read_text())
         # checkpoints written before the BART backbone hold only "gpt2_config"
-        backbone = meta.get("backbone") or {"kind": "gpt2", "config": meta["gpt2_config"]}
-        if backbone["kind"] == "bart":
-            architecture = {"bart_config": BartConfig.from_dict(backbone["config"])}
-        else:
-            architecture = {"gpt2_config": GPT2Config.from_dict(backbone["config"])}
+        architecture = meta.get("backbone") or {"kind": "gpt2", "config": meta["gpt2_config"]}
         model = build_model(meta["model"], meta["model_args"], vocab=Vocab(**meta["vocab"]),
-                            conditional=meta.get("conditional", False), **architecture)
+                            conditional=meta.get("conditional", False), architecture=architecture)
         model.load_state_dict(torch.load(Path(directory) / "model.pt", map_location=map_location))
         return model
 
@@ -348,28 +343,23 @@ def model_class(name: str, kind: str) -> type[LatentModel]:
 
 
 def build_model(name: str, model_args: dict[str, Any], vocab: Vocab,
-                backbone_config: BackboneConfig | None = None,
-                gpt2_config: GPT2Config | None = None, conditional: bool = False,
-                bart_config: BartConfig | None = None) -> LatentModel:
+                backbone_config: BackboneConfig | None = None, architecture: dict[str, Any] | None = None,
+                conditional: bool = False) -> LatentModel:
     """Build a registered model on a fresh (or pretrained) backbone of `backbone_config.kind`, or on
-    the exact architecture of a saved one (`gpt2_config` or `bart_config`, its weights loaded
-    after); on BART the model's BART version. `conditional`: its CVAE."""
-    if gpt2_config is not None and bart_config is not None:
-        raise ValueError("build_model: give gpt2_config or bart_config, not both")
+    the exact architecture of a saved one (`architecture`, as `backbone_architecture` writes it; its
+    weights loaded after); on BART the model's BART version. `conditional`: its CVAE."""
     backbone_config = backbone_config or BackboneConfig()
-    kind = "bart" if bart_config is not None else "gpt2" if gpt2_config is not None else backbone_config.kind
+    kind = architecture["kind"] if architecture else backbone_config.kind
     cls = model_class(name, kind)
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     unknown = sorted(set(model_args) - fields)
     if unknown:
         raise ValueError(f"model_args for {name!r}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
     config = cls.config_class(**model_args)
-    if gpt2_config is not None:
-        backbone = Backbone(GPT2Model(gpt2_config))
-    elif bart_config is not None:
-        backbone = BartBackbone(BartModel(bart_config))
+    builder = BartBackbone if kind == "bart" else Backbone
+    if architecture:
+        backbone = builder.from_config(architecture["config"])
     else:
-        builder = BartBackbone if kind == "bart" else Backbone
         backbone = builder.build(backbone_config, vocab.size, bos_token_id=vocab.bos_id,
                                  eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id)
     return cls(config, backbone, vocab, conditional=conditional)

@@ -21,14 +21,17 @@ The training recipe is the project's (della/train.py), as for every other model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import AutoConfig, BertConfig, BertModel
 
 from della.models.backbone import Backbone, Injection
 from della.models.base import MODELS, LatentModel, Vocab
 from della.models.single_latent import SingleLatentVAE
+
+if TYPE_CHECKING:  # transformers is imported where the encoder is built: a DAG parse needs none
+    from transformers import BertModel
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class OptimusConfig:
 
 
 def scratch_bert(backbone: Backbone, vocab: Vocab) -> BertModel:
+    from transformers import BertConfig, BertModel
+
     cfg = backbone.gpt2.config
     return BertModel(BertConfig(vocab_size=vocab.size, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
                                 num_attention_heads=cfg.n_head, intermediate_size=4 * cfg.n_embd,
@@ -49,6 +54,8 @@ def scratch_bert(backbone: Backbone, vocab: Vocab) -> BertModel:
 
 def pretrained_bert(name_or_dir: str, vocab: Vocab, d_model: int) -> BertModel:
     """A pretrained BERT whose word embeddings are replaced by a fresh table over the project vocab."""
+    from transformers import AutoConfig, BertModel
+
     key = "model_args.encoder_pretrained"
     try:
         model_type = AutoConfig.from_pretrained(name_or_dir).model_type
