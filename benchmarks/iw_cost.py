@@ -14,9 +14,11 @@ import time
 import torch
 
 from della.config import BackboneConfig
+from della.cost import device_text
 from della.estimators import iw_batch, iw_rows
 from della.flops import vae_lm_floor
 from della.models import Vocab, build_model
+from della.provenance import describe_device
 from della.train import synchronize
 
 
@@ -59,7 +61,7 @@ def main() -> None:
         iw_batch(model, ids, mask, 2, max_rows=rows), naive_iw(model, ids, mask, 2)  # warm-up
         batched = timed(lambda: iw_batch(model, ids, mask, args.k, max_rows=rows), device)
         naive = timed(lambda: naive_iw(model, ids, mask, args.k), device)
-    print(f"DELLA 4x256, vocab 8000, batch {args.batch}, seq 32, K={args.k}, on {device} ({args.threads} threads)")
+    print(f"DELLA 4x256, vocab 8000, batch {args.batch}, seq 32, K={args.k}, on {device_text({'device': describe_device(device)})}")
     print(f"  batched (1 encoder pass, K decoder passes batched): {batched:6.2f} s")
     print(f"  naive   (K encoder + K decoder passes):            {naive:6.2f} s")
     ideal = vae_lm_floor(4, 256, vocab.size, 32)  # (encoder + decoder) / decoder, from FLOPs

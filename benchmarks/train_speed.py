@@ -42,9 +42,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from della.config import BackboneConfig, TrainConfig
+from della.cost import device_text
 from della.flops import PEAK_TFLOPS, cvae_floor, matmul_precision, peak_tflops, train_flops_per_sequence, vae_lm_floor
 from della.models import Vocab, build_model
 from della.models.base import Condition
+from della.provenance import describe_device
 from della.train import autocast, begin_step, compile_model, make_optimizer, synchronize, to_device
 
 
@@ -298,8 +300,7 @@ def main() -> None:
         args.steps, args.warmup = 2, 1
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"torch {torch.__version__}, {device} ({name}), {args.threads} threads"
+    print(f"torch {torch.__version__}, {device_text({'device': describe_device(device)})}"
           f"{', QUICK: miniature shapes, numbers meaningless' if args.quick else ''}")
     results = {}
     for label in args.sizes.split(","):
