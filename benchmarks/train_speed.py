@@ -5,8 +5,8 @@ Sizes (latent 32): (a) 4 layers, d=256, vocab 8000, batch 32, seq 32; (b) 12 lay
 50257, batch 8, seq 32 (the CPU reference); (b32) as (b) at batch 32, seq 128; (c) GPT-2 small
 DELLA at the paper's batch 16 (App. A.1; the official README's), seq 64. Each size runs at every
 --precisions (fp32, bf16: autocast as `train.precision`) with the training's own optimizer
-(`train.fused_adam: auto`). Models are timed round-robin in one process (so drift hits all alike)
-and the median step is reported. The FLOP floor of a VAE step is one encoder pass without the LM
+(`train.fused_adam: auto`) and host allocator (`train.reuse_host_memory: auto`). Models are timed
+round-robin in one process (so drift hits all alike) and the median step is reported. The FLOP floor of a VAE step is one encoder pass without the LM
 head plus one decoder pass (della.flops.vae_lm_floor); MFU is della.flops' count over the card's
 dense peak (della.flops.PEAK_TFLOPS by device name, or --peak-tflops).
 
@@ -41,6 +41,7 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from della import host_memory
 from della.config import BackboneConfig, TrainConfig
 from della.cost import device_text
 from della.flops import PEAK_TFLOPS, cvae_floor, matmul_precision, peak_tflops, train_flops_per_sequence, vae_lm_floor
@@ -300,7 +301,10 @@ def main() -> None:
         args.steps, args.warmup = 2, 1
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, {device_text({'device': describe_device(device)})}"
+    kept = host_memory.resolve(TrainConfig().reuse_host_memory, device)  # as training does
+    host_memory.keep_freed_memory(kept)
+    print(f"torch {torch.__version__}, {device_text({'device': describe_device(device)})}, freed host memory "
+          f"{'kept' if kept else 'released'} (train.reuse_host_memory: auto; benchmarks/host_memory.py compares)"
           f"{', QUICK: miniature shapes, numbers meaningless' if args.quick else ''}")
     results = {}
     for label in args.sizes.split(","):

@@ -27,9 +27,10 @@ RESUME_MODES = ("auto", "never", "weights-only")
 # Keys that cannot change the trained weights, so changing them never retrains: `epochs` only bounds
 # the loop (a checkpoint after fewer epochs is resumed exactly), `log_every` only thins the log and
 # `resume` only says what to reuse. Validation (evaluate.*) draws from its own seeded stream.
-# `fused_adam`, `compile` and `pad_to_multiple` are speed switches: the same maths, equal to float rounding
-# (tests/test_speed_switches.py; more pads do enter the official DELLA's unmasked pooling, config/README).
-NOT_IN_RECIPE = {"epochs", "log_every", "resume", "fused_adam", "compile", "pad_to_multiple"}
+# `fused_adam`, `compile`, `pad_to_multiple` and `reuse_host_memory` are speed switches: the same maths, equal
+# to float rounding (tests/test_speed_switches.py; more pads do enter the official DELLA's unmasked pooling,
+# config/README).
+NOT_IN_RECIPE = {"epochs", "log_every", "resume", "fused_adam", "compile", "pad_to_multiple", "reuse_host_memory"}
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -77,6 +78,7 @@ class TrainConfig:
     fused_adam: bool | str = "auto"  # auto: the fused AdamW kernel on CUDA and the CPU, the plain one elsewhere
     compile: bool | str = False  # torch.compile the trained model; reduce-overhead: + CUDA graphs (on CUDA)
     pad_to_multiple: int = 1  # training batches' lengths padded up to a multiple: fewer shapes to compile
+    reuse_host_memory: bool | str = "auto"  # auto: keep freed CPU memory for reuse on a CPU run (della.host_memory)
 
     def __post_init__(self):
         if self.resume not in RESUME_MODES:
@@ -85,6 +87,8 @@ class TrainConfig:
             raise ConfigError(f"train.precision = {self.precision!r}; valid: {list(PRECISIONS)}")
         if self.fused_adam not in ("auto", True, False):
             raise ConfigError(f"train.fused_adam = {self.fused_adam!r}; valid: auto, true, false")
+        if self.reuse_host_memory not in ("auto", True, False):
+            raise ConfigError(f"train.reuse_host_memory = {self.reuse_host_memory!r}; valid: auto, true, false")
         if not (isinstance(self.compile, bool) or self.compile == "reduce-overhead"):
             raise ConfigError(f"train.compile = {self.compile!r}; valid: false, true, reduce-overhead")
         if isinstance(self.pad_to_multiple, bool) or not isinstance(self.pad_to_multiple, int) \

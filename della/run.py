@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from della import host_memory
 from della.config import RunConfig
 from della.provenance import resolve_device
 
@@ -67,9 +68,12 @@ def seed_everything(seed: int) -> None:
 
 
 def setup(cfg: RunConfig) -> torch.device:
+    """The process's threads, seeds and host allocator for a run; returns its device."""
     torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.seed)
-    return resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
+    host_memory.keep_freed_memory(host_memory.resolve(cfg.train.reuse_host_memory, device))
+    return device
 
 
 def load_trained(run_dir: str | Path, config_path: str | Path | None = None):

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from della import host_memory
 from della.batches import EncodedSplit, collate_batch, encode_split, length_sorted_batches, shuffled_batches
 from della.config import ConfigError, RunConfig, TrainConfig
 from della.flops import matmul_precision, peak_tflops, train_flops_per_sequence
@@ -615,6 +616,7 @@ def speed_settings(tc: TrainConfig, device: torch.device) -> dict:
     allow_tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
     return {"precision": tc.precision, "matmul": matmul_precision(tc.precision, allow_tf32),
             "fused_adam": use_fused_adam(tc, device), "compile": tc.compile, "pad_to_multiple": tc.pad_to_multiple,
+            "reuse_host_memory": host_memory.resolve(tc.reuse_host_memory, device),
             "attention": "torch.nn.functional.scaled_dot_product_attention"}
 
 

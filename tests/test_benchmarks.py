@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from della import host_memory
 from tests.conftest import REPO, SHARED_DATA
 
 
@@ -28,6 +29,13 @@ def test_train_speed_quick_prints_every_model_and_the_floor():
 def test_train_speed_quick_conditional_on_both_backbones():
     out = run_benchmark("train_speed.py", "--quick", "--task", "conditional", "--sizes", "a")
     assert "CVAE on gpt2" in out and "CVAE on bart" in out
+
+
+def test_host_memory_quick_compares_both_allocator_settings():
+    if not host_memory.available():
+        pytest.skip("train.reuse_host_memory needs glibc (Linux)")
+    out = run_benchmark("host_memory.py", "--quick")
+    assert all(f"  {name} " in out for name in ("gpt2", "embed", "della")) and out.count("speed-up") == 3
 
 
 def test_iw_cost_times_both_estimators():

@@ -3,6 +3,7 @@
 - the training loop keeps its sums on the device and syncs once per logged step: its log is
   bit-identical to a plain loop that reads every micro-batch with .item();
 - fused AdamW (train.fused_adam) equals the plain AdamW;
+- keeping freed host memory (train.reuse_host_memory) trains the same weights, bit for bit;
 - torch.compile (train.compile, with and without CUDA graphs) equals the eager step;
 - the backbone's SDPA attention equals a hand-written softmax attention;
 - DELLA's batched latent path (grouped heads, layer-stacked fusion, the folded value projection)
@@ -14,12 +15,16 @@ from __future__ import annotations
 import copy
 import json
 import math
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from della.batches import EncodedSplit, collate, collate_batch, padded_length, shuffled_batches
+from della import host_memory
 from della.config import BackboneConfig, ConfigError, TrainConfig
 from della.models import backbone as backbone_module
 from della.models import bart as bart_module
@@ -27,7 +32,7 @@ from della.models import bart_backbone as bart_backbone_module
 from della.models import build_model
 from della.models.backbone import Injection
 from della.train import Trainer, compile_model, make_optimizer, train, use_fused_adam
-from tests.conftest import TINY, VOCAB, random_batch, tiny_model
+from tests.conftest import REPO, TINY, VOCAB, random_batch, tiny_model
 from tests.test_bart_cvae import bart_batch, bart_model
 from tests.test_train import run_config
 
@@ -90,7 +95,7 @@ def test_log_every_thins_the_log_but_every_step_counts_its_tokens(corpus, tmp_pa
 def test_run_json_records_the_resolved_speed_switches_and_why_mfu_is_null(corpus, tmp_path):
     summary = train(run_config(corpus, epochs=1), tmp_path / "run")
     assert summary["speed"] == {"precision": "fp32", "matmul": "fp32", "fused_adam": True, "compile": False,
-                                "pad_to_multiple": 1,
+                                "pad_to_multiple": 1, "reuse_host_memory": host_memory.available(),
                                 "attention": "torch.nn.functional.scaled_dot_product_attention"}
     cost = summary["cost"]
     assert cost["mfu"] is None and cost["peak_tflops"] is None and "not trained on a GPU" in cost["mfu_note"]
@@ -269,6 +274,62 @@ def test_fused_adam_auto_means_cuda_and_cpu():
     assert use_fused_adam(TrainConfig(fused_adam=False), CPU) is False
     assert use_fused_adam(TrainConfig(fused_adam=True), CPU) is True
     assert use_fused_adam(TrainConfig(fused_adam=False), torch.device("cuda")) is False
+
+
+def test_reuse_host_memory_auto_means_a_cpu_run_under_glibc(monkeypatch):
+    for wrong in ("yes", 1.5, None):
+        with pytest.raises(ConfigError, match=f"train.reuse_host_memory = {wrong!r}"):
+            TrainConfig(reuse_host_memory=wrong)
+    monkeypatch.setattr(host_memory, "available", lambda: True)
+    assert host_memory.resolve("auto", CPU) is True
+    assert host_memory.resolve("auto", torch.device("cuda")) is False
+    assert host_memory.resolve(False, CPU) is False and host_memory.resolve(True, torch.device("cuda")) is True
+    monkeypatch.setattr(host_memory, "available", lambda: False)
+    assert host_memory.resolve("auto", CPU) is False and host_memory.resolve(False, CPU) is False
+    with pytest.raises(ConfigError, match="train.reuse_host_memory = true needs glibc"):
+        host_memory.resolve(True, CPU)
+
+
+needs_glibc = pytest.mark.skipif(not host_memory.available(), reason="mallopt is glibc's (Linux)")
+
+# A 64 MiB block, over glibc's largest mmap threshold (32 MiB): by default mmapped afresh at each
+# allocation. Kept, it comes from the heap, and once the heap holds a free span big enough (torch's
+# 64-byte-aligned request is a little more than the block it freed: here 2 to 4 rounds), a new one
+# faults in (almost) no page.
+KEPT_BLOCK_PROBE = textwrap.dedent("""
+    import resource, torch
+    from della import host_memory
+    host_memory.keep_freed_memory(True)
+    n = 16 * 2**20
+    for _ in range(8):
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = None
+        block = torch.ones(n)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    heap = next(line.split()[0] for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]"))
+    low, high = (int(end, 16) for end in heap.split("-"))
+    print(low <= block.data_ptr() < high, faults, 4 * n // 4096)
+""")
+
+
+@needs_glibc
+def test_kept_host_memory_serves_a_big_block_from_the_heap_and_refills_it_without_faults():
+    proc = subprocess.run([sys.executable, "-c", KEPT_BLOCK_PROBE], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    in_heap, faults, pages = proc.stdout.split()
+    assert in_heap == "True" and int(faults) < int(pages) // 100, proc.stdout
+
+
+@needs_glibc
+def test_reuse_host_memory_trains_the_same_weights_bit_for_bit(corpus, tmp_path):
+    weights = []
+    for keep in (True, False):
+        summary = train(run_config(corpus, epochs=1, reuse_host_memory=keep), tmp_path / str(keep))
+        assert summary["speed"]["reuse_host_memory"] is keep and host_memory._kept is keep
+        weights.append(torch.load(tmp_path / str(keep) / "model" / "model.pt", weights_only=True))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 
 
 def test_fused_adamw_equals_the_plain_adamw():
