@@ -2,8 +2,9 @@
 blocks handed back to the kernel) against `train.reuse_host_memory` (kept for reuse), in one process:
 blocks of steps alternate between the two settings, the models round-robin inside each block, and the
 first round of a block is left out (the heap fills, or hands its pages back). Per model and setting: the
-median step, the minor page faults and kernel (system) CPU time per step (the cost it removes), and the
-process's resident memory after a step (the cost it adds: freed blocks stay mapped).
+median step (a ratio between models is the median of each round's, as in train_speed.py), the minor page
+faults and kernel (system) CPU time per step (the cost it removes), and the process's resident memory
+after a step (the cost it adds: freed blocks stay mapped).
 
     python benchmarks/host_memory.py [--sizes b] [--blocks 3] [--steps 3] [--threads 2] [--quick]
 
@@ -23,7 +24,7 @@ from della import host_memory
 from della.cost import device_text
 from della.flops import vae_lm_floor
 from della.provenance import describe_device
-from train_speed import MODELS, QUICK, SIZES, make_step
+from train_speed import MODELS, QUICK, SIZES, make_step, paired_ratio
 
 SETTINGS = {False: "released", True: "kept"}
 
@@ -64,8 +65,12 @@ def bench(label: str, size, blocks: int, steps: int) -> None:
                            f"{median[name, keep][3]:5.2f} GB" for keep in SETTINGS)
         print(f"  {name:6s} {cells}   speed-up x{median[name, False][0] / median[name, True][0]:.2f}")
     floor = vae_lm_floor(size.n_layer, size.n_embd, size.vocab, size.seq)
-    ratios = "; ".join(f"{SETTINGS[keep]} {median['della', keep][0] / median['gpt2', keep][0]:.3f}, "
-                       f"DELLA/Embed {median['della', keep][0] / median['embed', keep][0]:.3f}" for keep in SETTINGS)
+    ratios = []
+    for keep in SETTINGS:
+        times = {name: [sample[0] for sample in samples[name, keep]] for name in MODELS}
+        ratios.append(f"{SETTINGS[keep]} {paired_ratio(times, 'della', 'gpt2'):.3f}, "
+                      f"DELLA/Embed {paired_ratio(times, 'della', 'embed'):.3f}")
+    ratios = "; ".join(ratios)
     print(f"  DELLA/LM (FLOP floor {floor:.3f}): {ratios}")
 
 

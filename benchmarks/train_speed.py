@@ -6,7 +6,8 @@ Sizes (latent 32): (a) 4 layers, d=256, vocab 8000, batch 32, seq 32; (b) 12 lay
 DELLA at the paper's batch 16 (App. A.1; the official README's), seq 64. Each size runs at every
 --precisions (fp32, bf16: autocast as `train.precision`) with the training's own optimizer
 (`train.fused_adam: auto`) and host allocator (`train.reuse_host_memory: auto`). Models are timed
-round-robin in one process (so drift hits all alike) and the median step is reported. The FLOP floor of a VAE step is one encoder pass without the LM
+round-robin in one process and the median step is reported; a ratio is the median of each round's
+ratio (a round's models run back to back, so drift between rounds cancels out of it). The FLOP floor of a VAE step is one encoder pass without the LM
 head plus one decoder pass (della.flops.vae_lm_floor); MFU is della.flops' count over the card's
 dense peak (della.flops.PEAK_TFLOPS by device name, or --peak-tflops).
 
@@ -157,6 +158,11 @@ def make_step(name: str, size: Size, device: torch.device, precision: str, compi
     return step, sum(p.numel() for p in model.parameters()), ops
 
 
+def paired_ratio(times: dict, name: str, base: str) -> float:
+    """The median over rounds of name's step over base's in the same round."""
+    return statistics.median(t / b for t, b in zip(times[name], times[base]))
+
+
 def compiled_text(mode: bool | str) -> str:
     return {False: "", True: " compiled"}.get(mode, f" compiled ({mode}: CUDA graphs on CUDA)")
 
@@ -221,10 +227,10 @@ def bench(label: str, size: Size, precision: str, steps: int, device: torch.devi
                                                       encoder=name != "gpt2")
         mfu[name] = flops / med[name] / (peak * 1e12) if peak else None
         print(f"  {name:6s} params {runs[name][1] / 1e6:8.2f} M   step {med[name] * 1e3:8.1f} ms   "
-              f"x LM {med[name] / med['gpt2']:.3f}   {tokens / med[name]:10.0f} tokens/s   "
+              f"x LM {paired_ratio(times, name, 'gpt2'):.3f}   {tokens / med[name]:10.0f} tokens/s   "
               f"MFU {'n/a' if mfu[name] is None else f'{mfu[name] * 100:.1f}%'}   {ops_text(runs, name, 'gpt2')}")
     floor = vae_lm_floor(size.n_layer, size.n_embd, size.vocab, size.seq)
-    della_lm, della_embed = med["della"] / med["gpt2"], med["della"] / med["embed"]
+    della_lm, della_embed = paired_ratio(times, "della", "gpt2"), paired_ratio(times, "della", "embed")
     slack, embed_target = TARGETS["cuda" if device.type == "cuda" else "cpu"]
     print(f"  FLOP floor VAE/LM = {floor:.3f}; DELLA/LM = {della_lm:.3f} ({(della_lm / floor - 1) * 100:+.1f}% "
           f"vs floor, target <= +{slack * 100:.0f}%) {'OK' if della_lm <= (1 + slack) * floor else 'MISSED'}")
@@ -258,9 +264,9 @@ def bench_conditional(label: str, size: Size, precision: str, steps: int, device
           f"tokens, latent {LATENT}; median of {steps} steps")
     for name in names:
         print(f"  {name:6s} params {runs[name][1] / 1e6:8.2f} M   step {med[name] * 1e3:8.1f} ms   "
-              f"x {kind} {med[name] / med[kind]:.3f}   {ops_text(runs, name, kind)}")
+              f"x {kind} {paired_ratio(times, name, kind):.3f}   {ops_text(runs, name, kind)}")
     floor = cvae_floor(kind, layers, size.n_embd, size.vocab, size.seq, size.seq)
-    ratio = med["della"] / med[kind]
+    ratio = paired_ratio(times, "della", kind)
     print(f"  FLOP floor CVAE/{kind} = {floor:.3f}; DELLA/{kind} = {ratio:.3f} "
           f"({(ratio / floor - 1) * 100:+.1f}% vs floor)")
     if args.compile:
