@@ -31,7 +31,7 @@ register_metric("mauve", label="MAUVE", higher_is_better=True, display_scale=1, 
                 model_based=True)
 register_metric("rouge", label="ROUGE", higher_is_better=True, display_scale=100, decimals=2,
                 version="1", needs="pairs", impl="metrics.rouge:rouge",
-                results={"rouge1": "R-1", "rouge2": "R-2", "rougeL": "R-L"})
+                results={"rouge1": "Rouge-1", "rouge2": "Rouge-2", "rougeL": "Rouge-L"})
 register_metric("bertscore", label="BERTScore", higher_is_better=True, display_scale=100,
                 decimals=2, version="1", needs="pairs", impl="metrics.bertscore:bertscore",
                 model_based=True)

@@ -32,7 +32,8 @@ from typing import Any, Sequence
 from della.io import atomic_write_text
 from metrics import registry
 from metrics.base import MetricUndefined, Score
-from metrics.inputs import InputError, TextSet, apply_empty_policy, from_strings, read_texts
+from metrics.inputs import (InputError, TextSet, apply_empty_policy, check_line_counts, from_strings,
+                            read_texts)
 from metrics.ngrams import NgramCounts
 from metrics.options import MetricOptions
 from metrics.tokenize import tokenize_all
@@ -104,6 +105,7 @@ def compute(names: Sequence[str], samples: str | Path | Sequence[str],
     sets = [_load(text, role) for text, role in
             ((samples, "samples"), (references, "references"), (sources, "sources"))
             if text is not None]
+    check_line_counts(sets, task == "conditional")  # before subsampling, which would hide a mismatch
     warnings = subsample(sets, max_samples, sample_seed, task == "conditional") if max_samples else []
     apply_empty_policy(sets, opts.empty, task == "conditional")
     by_role = {s.role: s for s in sets}

@@ -93,17 +93,21 @@ def _text_set(role: str, origin: str, texts: list[str]) -> TextSet:
     return TextSet(role, origin, texts, len(texts), sum(1 for t in texts if not t))
 
 
-def apply_empty_policy(sets: list[TextSet], policy: str, paired: bool) -> None:
-    """Check line counts, then apply `policy` to empty lines in place; `sets[0]` is the samples.
-
-    Sources always align with the samples; with `paired`, the references do too. `drop` removes
-    a whole pair (with its source) when its sample or its reference is empty; an empty source
-    alone is kept.
-    """
+def check_line_counts(sets: list[TextSet], paired: bool) -> None:
+    """InputError unless the sets aligned with the samples (`sets[0]`) have as many lines: sources
+    always, references with `paired`."""
     for other in sets[1:]:
         if (paired or other.role == "sources") and len(other) != len(sets[0]):
             raise InputError(f"{sets[0].origin} has {len(sets[0])} lines but {other.origin} "
                              f"has {len(other)}: paired inputs need one line per sample")
+
+
+def apply_empty_policy(sets: list[TextSet], policy: str, paired: bool) -> None:
+    """Apply `policy` to empty lines in place, on sets whose line counts check_line_counts passed.
+
+    `drop` removes a whole pair (with its source) when its sample or its reference is empty
+    (`paired`); an empty source alone is kept.
+    """
     for text_set in sets:
         if policy == "error" and text_set.n_empty and text_set.role != "sources":
             line = text_set.texts.index("") + 1

@@ -55,25 +55,25 @@ def test_counts_are_rounded_as_in_the_paper(n, text):
 
 def test_cli_writes_the_table_in_every_format(tmp_path):
     big = {"train": [f"w{i % 7} x" for i in range(4200)], "valid": ["y"] * 10, "test": ["z z z"] * 10}
-    dirs = [write_corpus(tmp_path / "tiny"), write_corpus(tmp_path / "big", big)]
+    dirs = [write_corpus(tmp_path / "tiny"), write_corpus(tmp_path / "ptb", big)]
     della_cli(["data-stats", "--data", *map(str, dirs), "--out-prefix", str(tmp_path / "out" / "table7")])
     with open(tmp_path / "out" / "table7.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["dataset"] for r in rows] == ["tiny", "big"]
+    assert [r["dataset"] for r in rows] == ["tiny", "ptb"]  # the CSV keeps the directory name
     assert (rows[1]["train"], rows[1]["valid"], rows[1]["test"]) == ("4200", "10", "10")
     assert float(rows[1]["avg_words"]) == pytest.approx((4200 * 2 + 10 + 30) / 4220)
     assert rows[0]["avg_bpe_tokens"] == ""
     md = (tmp_path / "out" / "table7.md").read_text()
-    assert "| big | 4k | 10 | 10 | 2.0 |" in md and "BPE" not in md
+    assert "| PTB | 4k | 10 | 10 | 2.0 |" in md and "BPE" not in md  # the paper's spelling
     tex = (tmp_path / "out" / "table7.tex").read_text()
-    assert r"\# Train" in tex and r"tiny & 3 & 1 & 2 & 3.0 \\" in tex
+    assert r"\# Train" in tex and r"Tiny & 3 & 1 & 2 & 3.0 \\" in tex
     assert "<td>4k</td>" in (tmp_path / "out" / "table7.html").read_text()
 
 
 def test_cli_adds_the_bpe_column_with_one_tokenizer_per_dataset(tmp_path):
     data, tok = write_corpus(tmp_path / "tiny"), char_tokenizer(tmp_path / "tok")
     della_cli(["data-stats", "--data", str(data), "--tokenizer", str(tok), "--out-prefix", str(tmp_path / "t7")])
-    assert f"| tiny | 3 | 1 | 2 | 3.0 | {N_CHARS / 6:.1f} |" in (tmp_path / "t7.md").read_text()
+    assert f"| Tiny | 3 | 1 | 2 | 3.0 | {N_CHARS / 6:.1f} |" in (tmp_path / "t7.md").read_text()
 
 
 def test_tokenizers_must_match_the_datasets_one_to_one(tmp_path, caplog):

@@ -290,7 +290,7 @@ def check_report(workdir: Path) -> Path:
                     labels[r["dataset"], r["model"]] = html.escape(r["label"])
                     table_of[r["dataset"]] = name
     assert "Tokens/s ↑" in tables["cost"]
-    assert "PPL ↓" in tables["table1"] and "R-L ↑" in tables["table2"]
+    assert "PPL ↓" in tables["table1"] and "Rouge-L ↑" in tables["table2"]
     provenance = decoded(results["results/default/provenance.html"])
     assert "synthetic" in decoded(results["results/default/tables/table7.html"]).lower()
     assert "Dataset: PTB" in decoded(results["results/default/tables/human_reference.html"])

@@ -135,6 +135,13 @@ def test_paper_layout_a_block_per_dataset_with_the_paper_spelling_and_column_gro
     assert tex.count(r"\midrule") == 2  # header rule + one between the two dataset blocks
 
 
+@pytest.mark.parametrize("table", ["table4", "table5"])
+def test_tables_4_and_5_have_the_papers_columns_under_no_group_title(run_files, tmp_path, table):
+    tables = render(tmp_path, run_files, "--models", "gpt2,embed,della", table=table)
+    assert tables["md"].splitlines()[0].startswith("| Model | PPL ↓ (a) | neg_elbo | KL ↑ |")
+    assert "Representation Learning" not in tables["tex"] and r"\cmidrule" not in tables["tex"]
+
+
 def test_labels_name_the_rows(run_files, tmp_path):
     md = render(tmp_path, run_files, "--models", "gpt2,della", "--label", "gpt2=GPT-2",
                 "--label", "della=DELLA (official code)")["md"]
@@ -237,9 +244,9 @@ def test_paper_rows_under_each_model_in_our_units_and_never_bold(tmp_path):
     ptb = {(i, row[0]): dict(zip(COLUMNS, row[1:])) for i, row in enumerate(block_rows(md, "Dataset: PTB"))}
     assert [label for _, label in ptb] == ["GPT-2", "↳ *paper*", "DELLA (official code)", "↳ *paper*"]
     ptb = list(ptb.values())
-    # Table 8, PTB: GPT-2 PPL 25.80, BLEU 27.91 (printed in percent), JS 0.30 (a fraction: 30.00 here)
+    # Table 8, PTB: GPT-2 PPL 25.80, BLEU 27.91 and JS 0.30 (both printed in percent, as our columns)
     assert ptb[1]["iw_ppl"] == "25.80" and ptb[1]["bleu"] == "27.91"
-    assert ptb[1]["js"] == "30.00" and ptb[1]["kl"] == "–"
+    assert ptb[1]["js"] == "0.30" and ptb[1]["kl"] == "–"
     assert ptb[1]["self_bleu"] == "41.55"  # a column none of our rows has: as printed
     assert ptb[3]["iw_ppl"] == "10.28"  # DELLA, better than ours, not bold
     assert ptb[2]["iw_ppl"] == "**20.00**"
@@ -271,17 +278,23 @@ def test_paper_csvs_are_complete_and_consistent():
         assert {m for _, m, _ in values} == {"GPT-2", "Optimus", "Embed", "Memory", "Softmax", "DELLA"}
         assert all(v.source.startswith(f"Table {name[5:]}, Dataset: {d}, row {m}, column ")
                    for (d, m, _), v in values.items())
-    for name in PAPER_TABLES["table1"]:  # BLEU, Self-BLEU and Dist printed in percent, the rest as stored
-        with open(Path(__file__).parents[1] / f"della/paper/{name}.csv", newline="") as f:
-            scales = {(r["metric"], r["scale"]) for r in csv.DictReader(f)}
-        assert len(scales) == len(keys)
-        assert dict(scales) == {**dict.fromkeys(keys, "1"), "bleu": "100", "self_bleu": "100", "dist": "100"}
     t1, t8 = read_paper("table1"), read_paper("table8")
     # spot checks against the paper's text: Table 1 Yahoo DELLA, Table 8 SNLI Embed
     assert t1["Yahoo", "DELLA", "iw_ppl"].value == 11.49
     assert t1["Yahoo", "DELLA", "bleu"].value == pytest.approx(0.4467)
-    assert t8["SNLI", "Embed", "au"].value == 20 and t8["SNLI", "Embed", "js"].value == 0.44
+    assert t8["SNLI", "Embed", "au"].value == 20 and t8["SNLI", "Embed", "js"].value == pytest.approx(0.0044)
     assert ("Yelp", "GPT-2", "kl") not in t1  # "-" in the paper: absent, not zero
+
+
+@pytest.mark.parametrize("name", sorted({n for names in PAPER_TABLES.values() for n in names}))
+def test_a_paper_number_shows_as_printed_in_our_column(name):
+    """Each published number's scale is its column's display scale, so a paper row prints what the paper
+    printed and reads in our rows' units (a JS of 0.30 beside ours, not 30.00)."""
+    from della.evaluate import METRICS
+    from metrics import registry
+    for (dataset, model, key), v in read_paper(name).items():
+        scale = (METRICS[key] if key in METRICS else registry.get(key)).display_scale
+        assert v.value * scale == pytest.approx(v.printed), (name, dataset, model, key)
 
 
 def test_compact_latex_has_one_legend_and_no_signatures(tables):
@@ -458,7 +471,7 @@ def test_table2_has_the_papers_column_groups_rows_and_best(tmp_path):
     tables = render(tmp_path, conditional_files(tmp_path, ["wp", "cnndm"]), "--models", "gpt2,bart,embed,della",
                     *LABELS, table="table2")
     md, tex, page = tables["md"], tables["tex"], tables["html"]
-    assert md.splitlines()[0] == ("| Model | BLEU ↑ | R-1 ↑ | R-2 ↑ | R-L ↑ | BERTScore ↑ | SB ↓ | Dist ↑ | JS ↓ "
+    assert md.splitlines()[0] == ("| Model | BLEU ↑ | Rouge-1 ↑ | Rouge-2 ↑ | Rouge-L ↑ | BERTScore ↑ | SB ↓ | Dist ↑ | JS ↓ "
                                   "| KL ↑ | AU ↑ |")
     assert r"\multicolumn{5}{c}{Quality} & \multicolumn{3}{c}{Diversity} & \multicolumn{2}{c}{} \\" in tex
     assert r"\cmidrule(lr){2-6} \cmidrule(lr){7-9}" + "\n" in tex  # no rule under the untitled KL, AU
@@ -481,8 +494,8 @@ def test_table2_paper_rows_under_the_models_the_paper_reports(tmp_path):
     assert [label for label, _ in wp] == ["GPT-2", "↳ *paper*", "BART-base", "Embed", "↳ *paper*",
                                           "DELLA", "↳ *paper*"]
     gpt2, della = wp[1][1], wp[6][1]
-    # Table 2, WritingPrompts: GPT-2 BLEU 27.89 (percent), JS 0.51 (a fraction: 51.00 in our units), KL "-"
-    assert (gpt2["bleu"], gpt2["bertscore"], gpt2["js"], gpt2["kl"]) == ("27.89", "78.12", "51.00", "–")
+    # Table 2, WritingPrompts: GPT-2 BLEU 27.89 and JS 0.51 (both printed in percent, as ours), KL "-"
+    assert (gpt2["bleu"], gpt2["bertscore"], gpt2["js"], gpt2["kl"]) == ("27.89", "78.12", "0.51", "–")
     assert (della["rougeL"], della["kl"], della["au"]) == ("17.20", "28.14", "8.00")  # never bold
     cnndm = keyed_rows(md, "Dataset: CNN/DM", "table2")
     assert [label for label, _ in cnndm][:3] == ["GPT-2", "BART-base", "↳ *paper*"]
@@ -497,7 +510,7 @@ def test_table9_has_no_group_titles_and_the_papers_quora_rows(tmp_path):
     tables = render(tmp_path, conditional_files(tmp_path, ["quora"]), "--models", "bart,memory,della", *LABELS,
                     "--paper-model", "bart=Bart-base", "--paper", table="table9")
     md, tex, page = tables["md"], tables["tex"], tables["html"]
-    assert md.splitlines()[0] == "| Model | BLEU ↑ | R-1 ↑ | R-2 ↑ | R-L ↑ | BERTScore ↑ | KL ↑ |"
+    assert md.splitlines()[0] == "| Model | BLEU ↑ | Rouge-1 ↑ | Rouge-2 ↑ | Rouge-L ↑ | BERTScore ↑ | KL ↑ |"
     assert r"\multicolumn{6}" not in tex and r"\cmidrule" not in tex
     assert r"\toprule" + "\n" + r"Model & BLEU$\uparrow$" in tex
     assert "<thead>\n<tr><th>Model</th>" in page and "colspan" not in page.split("</thead>")[0]
@@ -513,7 +526,7 @@ def test_table9_has_no_group_titles_and_the_papers_quora_rows(tmp_path):
 # how Tables 2 and 9 head each of our columns, and its unit: printed = stored value x scale
 PRINTED_COLUMNS = {"bleu": ("BLEU↑", 100), "rouge1": ("Rouge-1↑", 100), "rouge2": ("Rouge-2↑", 100),
                    "rougeL": ("Rouge-L↑", 100), "bertscore": ("BERTScore↑", 100), "self_bleu": ("SB↓", 100),
-                   "dist": ("Dist↑", 100), "js": ("JS↓", 1), "kl": ("KL↑", 1), "au": ("AU↑", 1)}
+                   "dist": ("Dist↑", 100), "js": ("JS↓", 100), "kl": ("KL↑", 1), "au": ("AU↑", 1)}
 
 
 @pytest.mark.parametrize("name, blocks, rows, cells", [
@@ -544,7 +557,7 @@ def test_conditional_paper_numbers_spot_checked_against_the_paper_text():
     assert t2["WP", "DELLA", "kl"].value == 28.14 and t2["WP", "Embed", "au"].value == 3
     assert t2["WP", "Memory", "dist"].value == pytest.approx(0.1290)
     assert t2["CNN/DM", "Bart-base", "bertscore"].value == pytest.approx(0.8775)
-    assert t2["CNN/DM", "Softmax", "js"].value == 0.10 and t2["CNN/DM", "DELLA", "au"].value == 1
+    assert t2["CNN/DM", "Softmax", "js"].value == pytest.approx(0.0010) and t2["CNN/DM", "DELLA", "au"].value == 1
     assert ("WP", "GPT-2", "kl") not in t2 and ("CNN/DM", "Bart-base", "au") not in t2  # "-": absent
     assert t9["Quora", "Memory", "rouge2"].value == pytest.approx(0.3918)
     assert t9["Quora", "Softmax", "kl"].printed == 0.0 and ("Quora", "Bart-base", "kl") not in t9

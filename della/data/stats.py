@@ -22,7 +22,7 @@ from della.data.corpus import read_lines
 from della.data.prepare import SPLITS
 from della.data.tokenizer import Tokenizer, load_tokenizer
 from della.io import atomic_write_text
-from della.tables import html_document, latex_escape
+from della.tables import dataset_title, html_document, latex_escape
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _header(with_tokens: bool) -> list[str]:
 def _display_rows(stats: list[DatasetStats], with_tokens: bool) -> list[list[str]]:
     rows = []
     for s in stats:
-        row = [s.dataset, *(paper_count(s.sentences[split]) for split in SPLITS), f"{s.avg_words:.1f}"]
+        row = [dataset_title(s.dataset, ()), *(paper_count(s.sentences[split]) for split in SPLITS), f"{s.avg_words:.1f}"]
         if with_tokens:
             row.append("–" if s.avg_tokens is None else f"{s.avg_tokens:.1f}")
         rows.append(row)

@@ -86,6 +86,14 @@ def test_paired_inputs_need_equal_counts():
     assert unpaired["inputs"]["n_references"] == 1
 
 
+@pytest.mark.parametrize("samples, references", [(3, 5), (5, 3)])
+def test_paired_counts_are_checked_before_max_samples_subsamples(samples, references):
+    """A subsample cut to equal lengths would hide the mismatch (or index past the shorter file)."""
+    with pytest.raises(InputError, match=f"has {samples} lines but <references argument> has {references}"):
+        metrics.compute(["rouge"], [f"s {i}" for i in range(samples)],
+                        references=[f"r {i}" for i in range(references)], task="conditional", max_samples=2)
+
+
 def test_unknown_metric_and_option_give_suggestions():
     with pytest.raises(KeyError, match="Did you mean 'bleu'"):
         metrics.compute(["bleuu"], ["a b"])
@@ -115,7 +123,7 @@ def test_drop_removes_whole_pairs_and_error_names_the_line():
 
 
 def test_registry_declares_direction_once_and_rejects_duplicates():
-    assert registry.get("rouge2").label == "R-2" and registry.get("rouge2").metric == "rouge"
+    assert registry.get("rouge2").label == "Rouge-2" and registry.get("rouge2").metric == "rouge"
     assert registry.get("cnd").higher_is_better is False and registry.get("cnd").label == "CND*"
     assert registry.get("bleu").display_scale == 100 and registry.get("mauve").display_scale == 1
     assert set(registry.names()) == {"bleu", "self_bleu", "dist", "js", "cnd", "mauve", "rouge",
