@@ -128,7 +128,8 @@ class MutualInformation:
 def mutual_information(model: LatentModel, features: torch.Tensor, z: torch.Tensor, logvar: torch.Tensor,
                        group_size: int | None = None) -> MutualInformation:
     """I(x; z) from one posterior path z_i ~ q(z|x_i) per example, with
-    q̂(z_i) = (1/M) Σ_j q(z_i | x_j) over the M examples of z_i's block (M = N when group_size is None).
+    q̂(z_i) = (1/M) Σ_j q(z_i | x_j) over the M examples of z_i's block (M = N when group_size is None);
+    a last block of one example joins the block before it (alone, its q̂ would be its own posterior).
 
     features (N, G, d): encoder features; z (N, G, p); logvar (N, G, p): the posterior log-variances
     on that path. For DELLA log q(z_i | x_j) is the hierarchical density, re-running only the
@@ -136,11 +137,13 @@ def mutual_information(model: LatentModel, features: torch.Tensor, z: torch.Tens
     """
     N = z.shape[0]
     M = group_size or N
-    last_block = N - (N - 1) // M * M  # the smallest block
-    require_examples("mi", min(M, last_block))
+    bounds = [*range(0, N, M), N]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < MIN_EXAMPLES["mi"]:
+        del bounds[-2]
+    require_examples("mi", min(b - a for a, b in zip(bounds, bounds[1:])))
     own, log_agg = [], []
-    for start in range(0, N, M):
-        log_q = model.log_q_matrix(z[start:start + M], features[start:start + M])  # (m, m)
+    for start, end in zip(bounds, bounds[1:]):
+        log_q = model.log_q_matrix(z[start:end], features[start:end])  # (m, m)
         own.append(log_q.diagonal())
         log_agg.append(torch.logsumexp(log_q, 1) - math.log(log_q.shape[1]))
     own, log_agg = torch.cat(own), torch.cat(log_agg)

@@ -53,7 +53,10 @@ AU_THRESHOLDS = {"au": 0.2, "au_001": 0.01}  # the DELLA code's delta; He et al.
 METRICS = {
     **{key: MetricSpec(label, False, 2) for key, (label, _, _) in PPL_CONVENTIONS.items()},
     "iw_nll": MetricSpec("NLL", False, 2), "neg_elbo": MetricSpec("ELBO", False, 2),
-    "kl": MetricSpec("KL", True, 2), "mi": MetricSpec("MI", True, 2),
+    "kl": MetricSpec("KL", True, 2),
+    # the official DELLA code's KL (its loss and printed KL), the mean over layers (reference D1)
+    "neg_elbo_layer_mean": MetricSpec("ELBO (layer-mean)", False, 2), "kl_layer_mean": MetricSpec("KL (layer-mean)", True, 2),
+    "mi": MetricSpec("MI", True, 2),
     "au": MetricSpec("AU", True, 2), "au_001": MetricSpec("AU@0.01", True, 2),
 }
 
@@ -151,14 +154,15 @@ def representation_metrics(model, acc: dict, k: int, mi_batch_size: int | None) 
     G = model.n_groups
     out = ppl_metrics(acc, k, G)
     if G == 0:
-        for key in ("neg_elbo", "kl", "mi", *AU_THRESHOLDS):
+        for key in ("neg_elbo", "kl", "neg_elbo_layer_mean", "kl_layer_mean", "mi", *AU_THRESHOLDS):
             out[key] = METRICS[key].entry(None, error=NO_LATENT)
         return out
-    kl_total = acc["kl"].sum(1)
-    out["neg_elbo"] = METRICS["neg_elbo"].entry((acc["rec_nll"] + kl_total).mean().item(),
-        signature=f"K={k}|n={n}", details={"reconstruction_nll": acc["rec_nll"].mean().item()})
-    out["kl"] = METRICS["kl"].entry(kl_total.mean().item(), signature=f"analytic|sum over {G} group(s)",
-        details={"per_group": acc["kl"].mean(0).tolist()})
+    rec = {"reconstruction_nll": acc["rec_nll"].mean().item()}
+    for suffix, kl, over in (("", acc["kl"].sum(1), "sum"), ("_layer_mean", acc["kl"].mean(1), "mean")):
+        out[f"neg_elbo{suffix}"] = METRICS[f"neg_elbo{suffix}"].entry((acc["rec_nll"] + kl).mean().item(),
+            signature=f"K={k}|n={n}|KL {over} over {G} group(s)", details=rec)
+        out[f"kl{suffix}"] = METRICS[f"kl{suffix}"].entry(kl.mean().item(),
+            signature=f"analytic|{over} over {G} group(s)", details={"per_group": acc["kl"].mean(0).tolist()})
     out["mi"] = mi_entry(model, acc, mi_batch_size)
     out.update(au_entries(acc["mean"], k))
     return out

@@ -73,6 +73,14 @@ TABLES: dict[str, list[tuple[str, list[str]]]] = {
                            "cuda_max_allocated_mb"]),
              ("Setup", ["parameters", "device"])],
 }
+# How a table's PPL, ELBO and KL columns are computed -> the eval.json key each column shows (metric
+# keys of TABLES and of the paper's CSVs are the summed ones). `summed`: the hierarchical estimator and KL
+# summed over latent layers (a bound; the paper's Eq. 6). `official`: the official DELLA code's layer means
+# (reference D1, D2) and <s> counted as a word (D9), the convention of the paper's printed numbers.
+CONVENTIONS: dict[str, dict[str, str]] = {
+    "summed": {},
+    "official": {"iw_ppl": "iw_ppl_official", "neg_elbo": "neg_elbo_layer_mean", "kl": "kl_layer_mean"},
+}
 # Table name -> the paper's tables with its columns (della/paper/<name>.csv, see its README.md).
 PAPER_TABLES = {"table1": ["table1", "table8"], "table8": ["table8"], "table2": ["table2"], "table9": ["table9"]}
 PAPER_DIR = Path(__file__).parent / "paper"
@@ -314,6 +322,7 @@ class TableOptions:
     paper_models: dict[str, str] = field(default_factory=dict)  # entry -> the paper's model (default: label)
     paper_datasets: dict[str, str] = field(default_factory=dict)  # dataset -> the paper's (default: any case)
     dataset_models: dict[str, list[str]] = field(default_factory=dict)  # dataset -> its rows (default: every model)
+    convention: str = "summed"  # a key of CONVENTIONS
 
 
 def read_summary(path: str | Path) -> list[dict[str, Any]]:
@@ -596,14 +605,15 @@ class Rendering:
 
 def prepare_rendering(rows: list[dict[str, Any]], table: str, datasets: list[str], models: list[str],
                       options: TableOptions = TableOptions()) -> Rendering:
-    groups = TABLES[table]
+    column = CONVENTIONS[options.convention]
+    groups = [(title, [column.get(k, k) for k in ks]) for title, ks in TABLES[table]]
     keys = [k for _, ks in groups for k in ks]
     unknown = [d for d in datasets if not any(r["dataset"] == d for r in rows)]
     if unknown:
         raise ValueError(f"--datasets: no rows for {unknown} in the summary")
     rows = [r for r in rows if r["dataset"] in datasets and (r["model"] in models or r["model"] in REFERENCES)]
     infos = metric_infos(rows, keys)
-    paper = paper_values(table)
+    paper = {(d, m, column.get(k, k)): v for (d, m, k), v in paper_values(table).items()}
     if options.paper and not paper:
         raise ValueError(f"--paper: the paper has no table with the columns of {table!r}")
     blocks, remarks = build_blocks(rows, datasets, models, infos, options, paper)
@@ -765,6 +775,9 @@ def add_table_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the same name in any case)")
     p.add_argument("--dataset-models", action="append", metavar="DATASET=M1,M2",
                    help="the models run on a dataset: its block has only their rows (default: every model)")
+    p.add_argument("--convention", choices=sorted(CONVENTIONS), default="summed",
+                   help="PPL, ELBO and KL as summed over latent layers (default; a bound) or as the official "
+                        "DELLA code's layer means, the paper's printed numbers' convention")
     p.add_argument("--out-prefix", required=True,
                    help="e.g. results/<experiment>/tables/table1 -> table1.{tex,compact.tex,csv,md,html}")
 
@@ -773,7 +786,8 @@ def run_table(args: argparse.Namespace) -> None:
     rows = read_summary(args.summary)
     options = TableOptions(_pairs(args.label, "--label"), args.paper, _pairs(args.paper_model, "--paper-model"),
                            _pairs(args.paper_dataset, "--paper-dataset"),
-                           {d: models.split(",") for d, models in _pairs(args.dataset_models, "--dataset-models").items()})
+                           {d: models.split(",") for d, models in _pairs(args.dataset_models, "--dataset-models").items()},
+                           args.convention)
     r = prepare_rendering(rows, args.table, _order(args.datasets, rows, "dataset"),
                           _order(args.models, rows, "model"), options)
     for ext, render in RENDERERS.items():

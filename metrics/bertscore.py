@@ -45,8 +45,9 @@ def bertscore(ctx) -> dict[str, Score]:
     .score(samples, targets)`, which `bert_score.score` also runs: greedy cosine matching of the
     token embeddings of layer `num_layers`. Default model: the offline MiniLM (layer 6, its
     last); the paper's roberta-large (layer 17 from bert-score's table) with `encoders=paper`.
-    A pair with an empty sample or target scores 0, the value bert-score itself documents for
-    empty strings (it cannot encode them with transformers 5); such pairs are counted.
+    A pair with an empty sample or target scores what bert-score itself documents for empty
+    strings (it cannot encode them with transformers 5): 0, rescaled with the baseline b to
+    -b / (1 - b) as every score is under `bertscore_rescale`; such pairs are counted.
     """
     opts = ctx.options
     pairs = [i for i, (s, r) in enumerate(zip(ctx.samples.texts, ctx.references.texts)) if s and r]
@@ -60,7 +61,11 @@ def bertscore(ctx) -> dict[str, Score]:
         p, r, f = scorer.score(cands[start:start + CHUNK], refs[start:start + CHUNK],
                                batch_size=opts.batch_size)
         chunks.append(np.stack([p.numpy(), r.numpy(), f.numpy()], axis=1))
-    scores = np.zeros((len(ctx.samples), 3))
+    empty = np.zeros(3)  # P, R, F of a pair with an empty side
+    if opts.bertscore_rescale:
+        baseline = scorer.baseline_vals.numpy()
+        empty = (empty - baseline) / (1 - baseline)
+    scores = np.tile(empty, (len(ctx.samples), 1))
     scores[pairs] = np.concatenate(chunks)
     name = opts.bertscore_model_name
     signature = {"model": name, "layer": layers, "idf": "yes" if opts.bertscore_idf else "no",
@@ -68,7 +73,7 @@ def bertscore(ctx) -> dict[str, Score]:
                  "empty": opts.empty, "bert-score": version("bert-score")}
     details = {"precision": float(scores[:, 0].mean()), "recall": float(scores[:, 1].mean()),
                "model_path": scorer.model_type, "hash": scorer.hash, "n_pairs": len(scores),
-               "n_empty_pairs_scored_0": len(scores) - len(pairs)}
+               "n_empty_pairs": len(scores) - len(pairs), "empty_pair_f1": float(empty[2])}
     if name == MINILM:
         details["unconfirmed"] = ["MiniLM layer 6 (no tuned layer); not comparable with the "
                                   "paper's roberta-large numbers"]

@@ -148,9 +148,16 @@ def test_estimators_refuse_splits_too_small_for_them():
     mu, logvar = torch.zeros(5, 2), torch.zeros(1, 2)
     with pytest.raises(TooFewExamples, match="mi needs at least 2 examples, got 1"):
         _mi(mu[:1], logvar)
-    with pytest.raises(TooFewExamples, match="got 1"):  # blocks of 2, 2 and 1
-        _mi(mu, logvar, group_size=2)
     assert _mi(mu[:4], logvar, group_size=2).m == 2
+
+
+def test_a_last_mi_block_of_one_example_joins_the_block_before_it():
+    """Separated posteriors: each sentence's term is log of its block's size, so blocks of 2 and 3
+    (not 2, 2 and 1, whose last q̂ would be the sentence's own posterior) give (2 log 2 + 3 log 3) / 5."""
+    separated = torch.arange(5, dtype=torch.float)[:, None].repeat(1, 2) * 50.0
+    mi = _mi(separated, torch.full((1, 2), math.log(0.01)), group_size=2)
+    assert mi.paired.tolist() == pytest.approx([math.log(2)] * 2 + [math.log(3)] * 3, abs=1e-6)
+    assert mi.value == pytest.approx((2 * math.log(2) + 3 * math.log(3)) / 5, abs=1e-6)
 
 
 class _GaussianEncoder:

@@ -14,7 +14,7 @@ from della.evaluate import PPL_CONVENTIONS, collect, evaluate, ppl_metrics, repr
 from della.metric_spec import MetricSpec
 from della.models.base import gaussian_log_density
 from della.train import train
-from tests.conftest import VOCAB, tiny_model
+from tests.conftest import TINY, VOCAB, tiny_model
 from tests.test_estimators import _della_with_known_means
 from della.batches import EncodedSplit
 from tests.test_train import run_config
@@ -71,6 +71,24 @@ def test_mi_entry_is_the_paired_estimate_with_a_deterministic_stderr_and_he2019_
     assert first["stderr"] > 0 and math.isfinite(first["value"])
     assert {"he2019", "he2019_stderr", "upper_bound_log_M"} <= set(first["details"])
     assert "paired" in first["signature"] and "n=24" in first["signature"]
+
+
+@pytest.mark.parametrize("name", ["della", "embed"])
+def test_kl_and_elbo_in_both_conventions_sum_and_official_layer_mean(name):
+    """The layer-mean KL (the official code's, reference D1) is the summed KL over the model's groups,
+    and its ELBO the reconstruction plus that KL; with one latent group the two conventions agree."""
+    model = tiny_model(name)
+    torch.manual_seed(0)
+    out = representation_metrics(model, collect(model, _split(LENGTHS * 2), k=2, batch_size=4, device="cpu"),
+                                 k=2, mi_batch_size=None)
+    G = model.n_groups
+    assert G == (TINY.n_layer if name == "della" else 1)
+    kl, kl_mean = out["kl"]["value"], out["kl_layer_mean"]["value"]
+    assert kl > 0 and kl_mean == pytest.approx(kl / G, rel=1e-6)
+    rec = out["neg_elbo"]["details"]["reconstruction_nll"]
+    assert out["neg_elbo"]["value"] == pytest.approx(rec + kl, rel=1e-6)
+    assert out["neg_elbo_layer_mean"]["value"] == pytest.approx(rec + kl / G, rel=1e-6)
+    assert f"mean over {G} group(s)" in out["kl_layer_mean"]["signature"]
 
 
 def test_a_collapsed_della_posterior_reports_mi_zero():

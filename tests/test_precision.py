@@ -17,7 +17,7 @@ from della.train import autocast
 from tests.conftest import random_batch, tiny_model
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
-LATENT_MODELS = ("della", "embed", "optimus")
+LATENT_MODELS = ("della", "embed", "memory", "softmax", "optimus")  # every paradigm, on the GPU too
 
 
 def _setup(name: str, device: str, **batch):

@@ -256,6 +256,26 @@ def test_paper_rows_under_each_model_in_our_units_and_never_bold(tmp_path):
     assert r"\quad\textit{paper} & 25.80" in tables["tex"]
 
 
+@pytest.mark.parametrize("convention, shown", [("summed", ("20.00", "100.00", "48.00")),
+                                                ("official", ("15.00", "60.00", "4.00"))])
+def test_the_convention_picks_the_ppl_elbo_kl_keys_and_the_paper_row_follows(tmp_path, convention, shown):
+    """`official` shows the layer-mean keys (the convention of the paper's printed numbers) under their
+    own labels, with the paper's PPL, ELBO and KL in those columns."""
+    values = {"iw_ppl": 20.0, "iw_ppl_official": 15.0, "neg_elbo": 100.0, "neg_elbo_layer_mean": 60.0,
+              "kl": 48.0, "kl_layer_mean": 4.0}
+    labels = {"iw_ppl_official": "PPL (official)", "neg_elbo_layer_mean": "ELBO (layer-mean)",
+              "kl_layer_mean": "KL (layer-mean)"}
+    files = [write_run(tmp_path, "ptb", "della", 0, "eval", {
+        key: entry(value, key.startswith("kl"), labels.get(key, key)) for key, value in values.items()})]
+    md = render(tmp_path, files, "--paper", "--label", "della=DELLA", "--convention", convention)["md"]
+    header = md.splitlines()[0].split(" | ")[1:4]
+    assert header[2].startswith("KL (layer-mean)" if convention == "official" else "kl ↑")
+    ours, paper = block_rows(md, "Dataset: PTB")
+    assert tuple(ours[1:4]) == shown
+    printed = read_paper("table8")
+    assert tuple(paper[1:4]) == tuple(f"{printed['PTB', 'DELLA', k].printed:.2f}" for k in ("iw_ppl", "neg_elbo", "kl"))
+
+
 def block_rows(md: str, title: str) -> list[list[str]]:
     """The rows (label, cells...) of one block, in order (paper rows share a label)."""
     rows, current = [], None

@@ -105,7 +105,8 @@ class Backbone(nn.Module):
         if inject.embed is not None:
             x = x + inject.embed[:, None, :]
         x = self.gpt2.drop(x)
-        mask, is_causal = self._attention_mask(attention_mask, causal, past, T, inject.memory is not None)
+        mask, is_causal = self._attention_mask(attention_mask, causal, past, T, inject.memory is not None,
+                                               input_ids.device)
         layers, new_cache = [], ([] if use_cache else None)
         for i, block in enumerate(self.gpt2.h):
             layer_cache = None if cache is None else cache[i]
@@ -121,13 +122,12 @@ class Backbone(nn.Module):
         hidden = self.gpt2.ln_f(x) if final_norm else None
         return BackboneOutput(hidden=hidden, layers=layers, cache=new_cache)
 
-    def _attention_mask(self, attention_mask, causal, past, T, has_memory):
-        """A boolean mask (N, 1, T, K) where True = may attend, or (None, is_causal)."""
+    def _attention_mask(self, attention_mask, causal, past, T, has_memory, device):
+        """A boolean mask (N, 1, T, K) on `device` where True = may attend, or (None, is_causal)."""
         if causal and not has_memory and past == 0:
             return None, True  # fast path: SDPA's built-in causal mask
         if causal and not has_memory and T == 1:
             return None, False  # one new token sees the whole cache
-        device = attention_mask.device if attention_mask is not None else None
         K = past + T
         if causal:
             q = torch.arange(past, past + T, device=device)[:, None]

@@ -53,9 +53,29 @@ def test_bertscore_of_identical_strings_is_one_and_empty_pairs_score_zero():
                           task="conditional")
     entry = doc["metrics"]["bertscore"]
     assert entry["value"] == pytest.approx(3 / 4, abs=1e-5)  # three identical pairs, one empty
-    assert entry["details"]["n_empty_pairs_scored_0"] == 1
+    assert entry["details"]["n_empty_pairs"] == 1 and entry["details"]["empty_pair_f1"] == 0
     assert "model:minilm" in entry["signature"] and "layer:6" in entry["signature"]
     assert entry["label"] == "BERTScore" and entry["display_scale"] == 100
+
+
+def test_an_empty_pair_is_rescaled_with_the_baseline_as_bert_score_rescales_its_zero(monkeypatch):
+    """bert-score gives an empty string 0 before rescaling: (0 - b) / (1 - b) after it, here with a
+    stand-in scorer whose one real pair scores 0.9 and whose baseline is b = 0.5."""
+    import torch
+
+    import metrics.bertscore
+
+    class Rescaling:
+        baseline_vals, model_type, hash = torch.tensor([0.5, 0.5, 0.5]), "stand-in", "stand-in"
+
+        def score(self, cands, refs, batch_size):
+            return (torch.full((len(cands),), 0.9),) * 3
+
+    monkeypatch.setattr(metrics.bertscore, "build_scorer", lambda opts, idf_sents: (Rescaling(), 1))
+    entry = metrics.compute(["bertscore"], ["a b", ""], references=["a b", "c"], task="conditional",
+                            bertscore_rescale=True)["metrics"]["bertscore"]
+    assert entry["details"]["empty_pair_f1"] == -1.0
+    assert entry["value"] == pytest.approx((0.9 - 1.0) / 2)
 
 
 @pytest.mark.parametrize("idf", [False, True])

@@ -16,7 +16,7 @@ def table_args(models, datasets, paper_rows):
     """Row labels of `models` (config `label`, else the model's paper name), the rows of each dataset
     (the models that run on it), and the paper's rows if asked for (with the `tables.paper_datasets`
     names of `datasets`)."""
-    args = []
+    args = ["--convention", config["tables"]["convention"]]
     for dataset in datasets:
         args += ["--dataset-models", f"{dataset}={','.join(dataset_models(config, dataset))}"]
     for name in models:
