@@ -65,13 +65,12 @@ def bench(label: str, size, blocks: int, steps: int) -> None:
                            f"{median[name, keep][3]:5.2f} GB" for keep in SETTINGS)
         print(f"  {name:6s} {cells}   speed-up x{median[name, False][0] / median[name, True][0]:.2f}")
     floor = vae_lm_floor(size.n_layer, size.n_embd, size.vocab, size.seq)
-    ratios = []
+    per_setting = []
     for keep in SETTINGS:
         times = {name: [sample[0] for sample in samples[name, keep]] for name in MODELS}
-        ratios.append(f"{SETTINGS[keep]} {paired_ratio(times, 'della', 'gpt2'):.3f}, "
-                      f"DELLA/Embed {paired_ratio(times, 'della', 'embed'):.3f}")
-    ratios = "; ".join(ratios)
-    print(f"  DELLA/LM (FLOP floor {floor:.3f}): {ratios}")
+        per_setting.append(f"{SETTINGS[keep]} {paired_ratio(times, 'della', 'gpt2'):.3f}, "
+                           f"DELLA/Embed {paired_ratio(times, 'della', 'embed'):.3f}")
+    print(f"  DELLA/LM (FLOP floor {floor:.3f}): {'; '.join(per_setting)}")
 
 
 def main() -> None:

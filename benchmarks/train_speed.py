@@ -7,9 +7,10 @@ DELLA at the paper's batch 16 (App. A.1; the official README's), seq 64. Each si
 --precisions (fp32, bf16: autocast as `train.precision`) with the training's own optimizer
 (`train.fused_adam: auto`) and host allocator (`train.reuse_host_memory: auto`). Models are timed
 round-robin in one process and the median step is reported; a ratio is the median of each round's
-ratio (a round's models run back to back, so drift between rounds cancels out of it). The FLOP floor of a VAE step is one encoder pass without the LM
-head plus one decoder pass (della.flops.vae_lm_floor); MFU is della.flops' count over the card's
-dense peak (della.flops.PEAK_TFLOPS by device name, or --peak-tflops).
+ratio (a round's models run back to back, so drift between rounds cancels out of it). The FLOP floor
+of a VAE step is one encoder pass without the LM head plus one decoder pass (della.flops.vae_lm_floor);
+MFU is della.flops' count over the card's dense peak (della.flops.PEAK_TFLOPS by device name, or
+--peak-tflops).
 
     python benchmarks/train_speed.py [--sizes a,b] [--precisions fp32] [--steps 12] [--threads 2]
                                      [--device cuda] [--compile [reduce-overhead]] [--peak-tflops 989] [--quick]

@@ -55,7 +55,8 @@ METRICS = {
     "iw_nll": MetricSpec("NLL", False, 2), "neg_elbo": MetricSpec("ELBO", False, 2),
     "kl": MetricSpec("KL", True, 2),
     # the official DELLA code's KL (its loss and printed KL), the mean over layers (reference D1)
-    "neg_elbo_layer_mean": MetricSpec("ELBO (layer-mean)", False, 2), "kl_layer_mean": MetricSpec("KL (layer-mean)", True, 2),
+    "neg_elbo_layer_mean": MetricSpec("ELBO (layer-mean)", False, 2),
+    "kl_layer_mean": MetricSpec("KL (layer-mean)", True, 2),
     "mi": MetricSpec("MI", True, 2),
     "au": MetricSpec("AU", True, 2), "au_001": MetricSpec("AU@0.01", True, 2),
 }

@@ -5,8 +5,8 @@ when freed, so a CPU train step that allocates a vocabulary-sized tensor afresh 
 gradient is 50257 x 768 floats, 154 MB) faults in each of its 4 KiB pages again, every step: at GPT-2
 size on 2 cores a quarter of DELLA's step went to the kernel (benchmarks/host_memory.py). Keeping freed
 memory serves every block from the heap (M_MMAP_MAX 0) and hands the heap's free top back only past
-2 GiB (M_TRIM_THRESHOLD, the most mallopt takes), so the next step reuses pages already mapped. The arithmetic is untouched: torch
-aligns every CPU block to 64 bytes wherever it lies. The setting is process-wide, and only glibc has it.
+2 GiB (M_TRIM_THRESHOLD, the most mallopt takes), so the next step reuses pages already mapped. The
+arithmetic is untouched: torch aligns every CPU block to 64 bytes wherever it lies. The setting is process-wide, and only glibc has it.
 """
 
 from __future__ import annotations

@@ -65,7 +65,8 @@ def _header(with_tokens: bool) -> list[str]:
 def _display_rows(stats: list[DatasetStats], with_tokens: bool) -> list[list[str]]:
     rows = []
     for s in stats:
-        row = [dataset_title(s.dataset, ()), *(paper_count(s.sentences[split]) for split in SPLITS), f"{s.avg_words:.1f}"]
+        counts = [paper_count(s.sentences[split]) for split in SPLITS]
+        row = [dataset_title(s.dataset, ()), *counts, f"{s.avg_words:.1f}"]
         if with_tokens:
             row.append("–" if s.avg_tokens is None else f"{s.avg_tokens:.1f}")
         rows.append(row)
