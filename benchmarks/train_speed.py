@@ -308,8 +308,7 @@ def main() -> None:
         args.steps, args.warmup = 2, 1
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    kept = host_memory.resolve(TrainConfig().reuse_host_memory, device)  # as training does
-    host_memory.keep_freed_memory(kept)
+    kept = host_memory.apply(TrainConfig().reuse_host_memory, device)  # as training does
     print(f"torch {torch.__version__}, {device_text({'device': describe_device(device)})}, freed host memory "
           f"{'kept' if kept else 'released'} (train.reuse_host_memory: auto; benchmarks/host_memory.py compares)"
           f"{', QUICK: miniature shapes, numbers meaningless' if args.quick else ''}")

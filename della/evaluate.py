@@ -155,7 +155,7 @@ def representation_metrics(model, acc: dict, k: int, mi_batch_size: int | None) 
     G = model.n_groups
     out = ppl_metrics(acc, k, G)
     if G == 0:
-        for key in ("neg_elbo", "kl", "neg_elbo_layer_mean", "kl_layer_mean", "mi", *AU_THRESHOLDS):
+        for key in [key for key in METRICS if key not in out]:  # every metric of a latent
             out[key] = METRICS[key].entry(None, error=NO_LATENT)
         return out
     rec = {"reconstruction_nll": acc["rec_nll"].mean().item()}

@@ -6,7 +6,8 @@ gradient is 50257 x 768 floats, 154 MB) faults in each of its 4 KiB pages again,
 size on 2 cores a quarter of DELLA's step went to the kernel (benchmarks/host_memory.py). Keeping freed
 memory serves every block from the heap (M_MMAP_MAX 0) and hands the heap's free top back only past
 2 GiB (M_TRIM_THRESHOLD, the most mallopt takes), so the next step reuses pages already mapped. The
-arithmetic is untouched: torch aligns every CPU block to 64 bytes wherever it lies. The setting is process-wide, and only glibc has it.
+arithmetic is untouched: torch aligns every CPU block to 64 bytes wherever it lies. The setting is
+process-wide, and only glibc has it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def resolve(setting: bool | str, device: torch.device) -> bool:
         raise ConfigError(f"train.reuse_host_memory = true needs glibc's mallopt; this is {platform.system()} "
                          f"with {platform.libc_ver()[0] or 'another C library'}: set it to auto or false")
     return bool(setting)
+
+
+def apply(setting: bool | str, device: torch.device) -> bool:
+    """Set this process's allocator as train.reuse_host_memory says for `device`; whether it keeps freed memory."""
+    keep = resolve(setting, device)
+    keep_freed_memory(keep)
+    return keep
 
 
 def keep_freed_memory(keep: bool) -> None:

@@ -72,7 +72,7 @@ def setup(cfg: RunConfig) -> torch.device:
     torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.train.device)
-    host_memory.keep_freed_memory(host_memory.resolve(cfg.train.reuse_host_memory, device))
+    host_memory.apply(cfg.train.reuse_host_memory, device)
     return device
 
 
