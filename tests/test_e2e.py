@@ -20,10 +20,6 @@ CONDITIONAL = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore", "self_bleu", "
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
-def config_models(config: str = "config.yaml") -> list[str]:
-    return list(yaml.safe_load((REPO / "config" / config).read_text())["models"])
-
-
 MODELS = DEFAULT["datasets"]["synthetic"]["models"]  # Table 1's rows
 
 
@@ -65,10 +61,26 @@ def test_rerunning_the_finished_dag_does_nothing(default_dag):
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
 
 
+# The default DAG runs every model; on PTB, the models whose path differs: GPT-2 (MAUVE's features
+# come from it), Optimus (its memory slot needs n_positions 65) and DELLA. Four more would double the time.
+PTB_MODELS = ["gpt2", "optimus", "della"]
+
+
+def ptb_config(workdir) -> str:
+    """config/ptb.yaml running PTB_MODELS, still named ptb.yaml (the experiment is the file's stem)."""
+    config = yaml.safe_load((REPO / "config" / "ptb.yaml").read_text())
+    assert set(PTB_MODELS) <= set(config["models"])
+    config["models"] = {name: config["models"][name] for name in PTB_MODELS}
+    path = workdir / "config" / "ptb.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
 def test_ptb_subset_config_runs_end_to_end(shared_data, tmp_path):
-    proc = snakemake(tmp_path, "--cores", "2", "--configfile", str(REPO / "config" / "ptb.yaml"))
+    proc = snakemake(tmp_path, "--cores", "2", "--configfile", ptb_config(tmp_path))
     assert proc.returncode == 0, proc.stderr[-6000:]
-    assert_real_numbers(read_table(tmp_path, experiment="ptb"), config_models("ptb.yaml"))
+    assert_real_numbers(read_table(tmp_path, experiment="ptb"), PTB_MODELS)
     prepared = json.loads((tmp_path / "results/ptb/data/ptb/prepare.json").read_text())
     assert prepared["splits"]["train"]["lines_written"] == 2000
 
