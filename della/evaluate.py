@@ -155,8 +155,7 @@ def representation_metrics(model, acc: dict, k: int, mi_batch_size: int | None) 
     G = model.n_groups
     out = ppl_metrics(acc, k, G)
     if G == 0:
-        for key in [key for key in METRICS if key not in out]:  # every metric of a latent
-            out[key] = METRICS[key].entry(None, error=NO_LATENT)
+        out.update({key: spec.entry(None, error=NO_LATENT) for key, spec in METRICS.items() if key not in out})
         return out
     rec = {"reconstruction_nll": acc["rec_nll"].mean().item()}
     for suffix, kl, over in (("", acc["kl"].sum(1), "sum"), ("_layer_mean", acc["kl"].mean(1), "mean")):
