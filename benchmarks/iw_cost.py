@@ -17,7 +17,7 @@ from della.config import BackboneConfig
 from della.cost import device_text
 from della.estimators import iw_batch, iw_rows
 from della.flops import vae_lm_floor
-from della.models import Vocab, build_model
+from della.models.base import Vocab, build_model
 from della.provenance import describe_device
 from della.train import synchronize
 

@@ -47,8 +47,7 @@ from della import host_memory
 from della.config import BackboneConfig, TrainConfig
 from della.cost import device_text
 from della.flops import PEAK_TFLOPS, cvae_floor, matmul_precision, peak_tflops, train_flops_per_sequence, vae_lm_floor
-from della.models import Vocab, build_model
-from della.models.base import Condition
+from della.models.base import Condition, Vocab, build_model
 from della.provenance import describe_device
 from della.train import autocast, begin_step, compile_model, make_optimizer, synchronize, to_device
 

@@ -166,8 +166,8 @@ def import_official(source: Path, cfg: RunConfig, tokenizer, n_head: int | None)
     """-> (model, backbone config) of an official DELLA state_dict under the run config's entry."""
     from transformers import GPT2Config
 
-    from della.models import build_model
-    from della.models.della import DellaConfig
+    from della.models.base import build_model
+    from della.models.configs import DellaConfig
 
     if cfg.model != "della":
         raise CheckpointError(f"an official DELLA checkpoint imports as registry model 'della', not {cfg.model!r}")
@@ -200,7 +200,7 @@ def import_hf_gpt2(source: Path, cfg: RunConfig, tokenizer, n_head: int | None):
     gives the head count, so `n_head` is not needed)."""
     from transformers import GPT2Config
 
-    from della.models import build_model
+    from della.models.base import build_model
 
     if cfg.model != "gpt2" or not cfg.model_args.get("tie_lm_head", True):
         raise CheckpointError(f"an HF GPT-2 directory imports as registry model 'gpt2' with its tied LM head, "
@@ -224,7 +224,7 @@ def default_heads(n_embd: int) -> int:
 
 
 def vocab_of(tokenizer):
-    from della.models import Vocab
+    from della.models.base import Vocab
 
     return Vocab(size=tokenizer.vocab_size, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
 

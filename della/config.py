@@ -4,7 +4,7 @@ A run is (dataset, model, seed). `resolve_run_config` turns the workflow config
 (config/config.yaml, validated by workflow/schemas/config.schema.yaml) into the
 self-contained run config that `python -m della train --config run.yaml` reads.
 This module imports no torch, so the Snakefile can use it at parse time; resolving a workflow config
-imports the model registry (torch) to check each model's `args` against its config dataclass.
+checks each model's `args` against its config dataclass in the model registry (torch-free too).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from della.models import MODELS, check_model_name, runs_on
 
 
 class ConfigError(ValueError):
@@ -163,8 +165,6 @@ class RunConfig:
     def resolved_model_args(self) -> dict[str, Any]:
         """Every field of the model's config dataclass, defaults included, so that a changed default
         in the code changes the recipe too."""
-        from della.models import MODELS
-
         return dataclasses.asdict(MODELS.get(self.model).config_class(**self.model_args))
 
     def training_recipe(self) -> dict[str, Any]:
@@ -264,8 +264,6 @@ def dataset_models(workflow_config: dict[str, Any], dataset: str) -> list[str]:
 
 def check_model_args(entry: str, name: str, args: dict[str, Any]) -> None:
     """`models.<entry>`: a registered model whose config dataclass accepts `args` (keys and values)."""
-    from della.models import MODELS, check_model_name  # torch: imported only when a config is resolved
-
     check_model_name(name, f"models.{entry}.model")
     config_class = MODELS.get(name).config_class
     valid = [f.name for f in dataclasses.fields(config_class)]
@@ -283,9 +281,6 @@ def check_model_args(entry: str, name: str, args: dict[str, Any]) -> None:
 def check_task(entry: str, cfg: RunConfig, dataset: str) -> None:
     """A conditional dataset needs a model with a CVAE version; a BART backbone needs a conditional
     task and a model with a BART version (and `bart` a BART backbone)."""
-    from della.models import MODELS
-    from della.models.base import runs_on
-
     if not runs_on(cfg.model, cfg.backbone.kind):
         kind = cfg.backbone.kind
         raise ConfigError(f"models.{entry}: model {cfg.model!r} has no version on backbone.kind = {kind} "

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from della.models import LatentModel, Posterior
-from della.models.base import Condition
+from della.models.base import Condition, LatentModel, Posterior
 
 
 @dataclass

@@ -27,8 +27,7 @@ from tqdm import tqdm
 from della.batches import EncodedSplit, collate_batch
 from della.config import GenerateConfig
 from della.io import atomic_write_json, atomic_write_text
-from della.models import LatentModel
-from della.models.base import Condition
+from della.models.base import Condition, LatentModel
 from della.provenance import provenance
 from della.run import load_trained
 

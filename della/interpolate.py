@@ -25,7 +25,7 @@ from della.batches import collate, encode_split
 from della.config import GenerateConfig
 from della.generate import sample_or_greedy
 from della.io import atomic_write_text
-from della.models import LatentModel
+from della.models.base import LatentModel
 from della.run import load_trained
 from della.tables import html_document
 

@@ -1,7 +1,7 @@
 """`python -m della models`: the model registry, one block per model.
 
 Per model: its registry name, the first line of its module's docstring, the paper's name for it
-when the class declares one (`paper_name`), and its `model_args` keys with their defaults (the
+when its registration gives one (`paper_name`), and its `model_args` keys with their defaults (the
 fields of its config dataclass), i.e. what a `models:` entry of the workflow config may set.
 """
 
@@ -15,14 +15,15 @@ import sys
 
 def describe(name: str) -> str:
     """The text block of one registered model."""
-    from della.models import MODELS, paper_name
+    from della.models import MODELS
 
-    cls = MODELS.get(name)
+    spec = MODELS.get(name)
+    cls = spec.model_class(next(iter(spec.classes)))  # the module of its first backbone kind describes it
     doc = inspect.getdoc(sys.modules[cls.__module__]) or inspect.getdoc(cls) or "(no description)"
     lines = [f"{name}: {first_sentence(doc)}"]
-    if paper_name(name):
-        lines.append(f"  paper name: {paper_name(name)}")
-    fields = dataclasses.fields(cls.config_class)
+    if spec.paper_name:
+        lines.append(f"  paper name: {spec.paper_name}")
+    fields = dataclasses.fields(spec.config_class)
     lines.append("  model_args:" if fields else "  model_args: (none)")
     lines += [f"    {f.name} = {_default(f)!r}" for f in fields]
     return "\n".join(lines)

@@ -79,7 +79,7 @@ def setup(cfg: RunConfig) -> torch.device:
 def load_trained(run_dir: str | Path, config_path: str | Path | None = None):
     """-> (run config, model in eval mode, tokenizer, device) of a finished run."""
     from della.data.tokenizer import load_tokenizer
-    from della.models import LatentModel
+    from della.models.base import LatentModel
 
     run = RunDir(Path(run_dir))
     if not run.model.exists():

@@ -43,7 +43,7 @@ from della.batches import EncodedSplit, collate_batch, encode_split, length_sort
 from della.config import ConfigError, RunConfig, TrainConfig
 from della.flops import matmul_precision, peak_tflops, train_flops_per_sequence
 from della.io import atomic_write_binary, atomic_write_json, atomic_write_text, md5sum, naming_a_full_disk
-from della.models import LatentModel, Vocab, build_model
+from della.models.base import LatentModel, Vocab, build_model
 from della.provenance import provenance
 from della.run import RunDir, setup
 

@@ -13,7 +13,7 @@ import torch
 
 from della.cli import main as della_cli
 from della.config import BackboneConfig
-from della.models import Vocab, build_model
+from della.models.base import Vocab, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -11,7 +11,8 @@ from torch.distributions import Normal, kl_divergence
 
 from della.config import TrainConfig
 from della.models.backbone import Injection
-from della.models.della import AdditiveFusion, LowRankFusion
+from della.models.configs import KL_LAYER_CHOICES
+from della.models.della import KL_LAYERS, AdditiveFusion, LowRankFusion
 from della.train import BetaSchedule
 from tests.conftest import TINY, random_batch, tiny_model
 
@@ -151,6 +152,10 @@ def test_without_recurrence_a_layers_posterior_and_prior_ignore_the_latents_belo
         else:  # the same rule as the first layer's (its own weights): zeros in
             summary = torch.tanh(model.cell_hh[g].bias + model.cell_ih[g].bias)[None]
             assert torch.equal(prior_mean[:, g], model.prior[g](summary).chunk(2, -1)[0])
+
+
+def test_the_config_accepts_exactly_the_kl_layers_the_model_maps():
+    assert tuple(KL_LAYERS) == KL_LAYER_CHOICES
 
 
 @pytest.mark.parametrize("kl_layers, inferred", [("all", [0, 1, 2]), ("first", [0]), ("last", [2])])

@@ -13,8 +13,8 @@ from transformers import BartForConditionalGeneration
 
 from della.config import BackboneConfig
 from della.estimators import iw_batch
-from della.models import MODELS, LatentModel, build_model
-from della.models.base import Condition, runs_on
+from della.models import MODELS, runs_on
+from della.models.base import Condition, LatentModel, build_model
 from tests.conftest import VOCAB, random_batch, tiny_model
 
 BART = BackboneConfig(kind="bart", n_layer=3, n_embd=32, n_head=2, n_positions=32, dropout=0.0)
@@ -79,8 +79,8 @@ def test_untied_head_replaces_the_shared_embedding_and_keeps_the_logits_bias():
 
 
 def test_registry_names_bart_and_each_model_builds_only_on_its_backbones():
-    cls = MODELS.get("bart")
-    assert (cls.paper_name, cls.has_latent) == ("Bart-base", False)
+    spec = MODELS.get("bart")
+    assert (spec.paper_name, spec.has_latent) == ("Bart-base", False)
     assert all(runs_on(name, "bart") and runs_on(name, "gpt2") for name in PARADIGMS)
     assert not runs_on("bart", "gpt2") and not runs_on("gpt2", "bart") and not runs_on("optimus", "bart")
     with pytest.raises(ValueError, match="'bart' runs on BART only: it needs backbone.kind = bart"):
@@ -92,7 +92,7 @@ def test_registry_names_bart_and_each_model_builds_only_on_its_backbones():
         build_model("della", {}, VOCAB, backbone_config=BART)
     with pytest.raises(ValueError, match="unknown key.*latent_dim.*valid keys"):  # the GPT-2 model's config class
         bart_model("della", latent_dim=8)
-    assert type(bart_model("della")).config_class is type(tiny_model("della")).config_class
+    assert type(bart_model("della").config) is type(tiny_model("della").config)
 
 
 # --- latent-free parity: each paradigm with its injection off is the plain BART ------------------

@@ -13,8 +13,7 @@ from della.config import GenerateConfig
 from della.data.conditional import Pair, encode_pairs
 from della.estimators import iw_batch
 from della.generate import beam_search, generate_continuations, penalize_repeats, sample_or_greedy
-from della.models import LatentModel
-from della.models.base import gaussian_kl, gaussian_log_density
+from della.models.base import LatentModel, gaussian_kl, gaussian_log_density
 from tests.conftest import VOCAB, tiny_model
 
 LATENT_MODELS = ["embed", "memory", "softmax", "della"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from della.estimators import iw_batch
-from della.models import MODELS, build_model
+from della.models import MODELS, runs_on
 from della.models.backbone import BackboneConfig
-from della.models.base import Condition, runs_on
+from della.models.base import Condition, build_model
 from tests.conftest import VOCAB
 
 META = torch.device("meta")

@@ -14,8 +14,7 @@ from della.config import GenerateConfig, RunConfig
 from della.data.tokenizer import load_tokenizer
 from della.generate import sample_or_greedy
 from della.interpolate import interpolate, interpolate_latents, interpolation_weights, mean_path, zero_noise
-from della.models import Vocab, build_model
-from della.models.base import gaussian_log_density
+from della.models.base import Vocab, build_model, gaussian_log_density
 from tests.conftest import TINY, random_batch, tiny_model
 
 A, B = "the cat sat on the mat", "a dog ran in the park"

@@ -7,8 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from della.models import MODELS
-from della.models.base import runs_on
+from della.models import MODELS, runs_on
 from della.models.della import LowRankFusion, once
 from tests.conftest import random_batch, tiny_model
 

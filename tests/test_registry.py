@@ -1,8 +1,9 @@
-"""A baseline is one file + one config line: models are discovered, named, checked at DAG build.
+"""A baseline is one file, one registration line and one config line: named, checked at DAG build.
 
 The toy baseline is written into a copy of the repository (its package, workflow and config), exactly
-where a researcher adds one: `della/models/<name>.py`. Nothing else is edited; the copy's package comes
-first on the path (PYTHONPATH, and Snakemake puts the Snakefile's folder first).
+where a researcher adds one: its class in `della/models/<name>.py` and one `register_model` call in
+`della/models/catalog.py`. Nothing else is edited; the copy's package comes first on the path
+(PYTHONPATH, and Snakemake puts the Snakefile's folder first).
 """
 
 from __future__ import annotations
@@ -21,19 +22,20 @@ from della.models import MODELS, check_model_name, default_label
 from tests.conftest import REPO
 
 TOY = '''
-from della.models.base import MODELS
 from della.models.embed import EmbedVAE
 
 
-@MODELS.register("toy")
 class ToyVAE(EmbedVAE):
     registry_name = "toy"
-    paper_name = "Toy"
+'''
+TOY_REGISTRATION = '''
+register_model("toy", SingleLatentConfig, paper_name="Toy", gpt2="della.models.toy:ToyVAE")
 '''
 
 SEES_TOY = """
 import della
-from della.models import MODELS, Vocab, build_model, default_label
+from della.models import MODELS, default_label
+from della.models.base import Vocab, build_model
 from della.config import BackboneConfig
 assert della.__file__.startswith({root!r}), della.__file__
 tiny = BackboneConfig(n_layer=1, n_embd=16, n_head=2, n_positions=16, dropout=0.0)
@@ -44,12 +46,15 @@ print(MODELS.names(), default_label("toy"), type(model).__name__)
 
 @pytest.fixture(scope="module")
 def toy_package(tmp_path_factory) -> Path:
-    """A copy of the repository's package, workflow and config with one new file, della/models/toy.py."""
+    """A copy of the repository's package, workflow and config with one new file, della/models/toy.py,
+    and its registration line."""
     root = tmp_path_factory.mktemp("toy")
     for folder in ("della", "workflow", "config", "tests"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "Snakefile", root / "Snakefile")
     (root / "della" / "models" / "toy.py").write_text(TOY)
+    with (root / "della" / "models" / "catalog.py").open("a") as f:
+        f.write(TOY_REGISTRATION)
     return root
 
 
@@ -58,7 +63,7 @@ def run_with(package: Path, args: list[str], cwd: Path) -> subprocess.CompletedP
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_a_new_model_file_is_registered_without_an_import_line(toy_package, tmp_path):
+def test_a_new_model_file_and_its_registration_line_build_it(toy_package, tmp_path):
     proc = run_with(toy_package, ["-c", SEES_TOY.format(root=str(toy_package))], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "'toy'" in proc.stdout and "Toy ToyVAE" in proc.stdout
@@ -126,11 +131,20 @@ def test_check_and_default_label():
     assert default_label("gpt2") == "GPT-2" and default_label("embed") == "Embed"
 
 
-def test_the_dag_build_imports_no_transformers():
+def test_every_registration_names_classes_that_carry_its_name():
+    for name in MODELS.names():
+        spec = MODELS.get(name)
+        for kind in spec.classes:
+            assert spec.model_class(kind).registry_name == name, (name, kind)
+
+
+def test_the_dag_build_imports_neither_torch_nor_transformers():
     """The Snakefile checks every model entry against its registered config class at DAG build, so
     every snakemake call (each dry run, each Slurm job's re-parse) imports the registry: importing
-    transformers there cost 2.5 of the 6 s of a dry run. It is imported where a backbone is built."""
+    transformers there cost 2.5 of the 6 s of a dry run, torch 2 of the rest. The registry names each
+    model's classes by dotted path; they are imported where a model is built."""
     snakefile_imports = "import della.config, della.models, della.tables, metrics"
-    code = f"import sys; {snakefile_imports}; print(sorted(m for m in sys.modules if m.startswith('transformers')))"
+    code = (f"import sys; {snakefile_imports}; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
     assert proc.stdout.strip() == "[]", proc.stdout[:2000]

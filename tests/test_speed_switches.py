@@ -23,14 +23,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from della.batches import EncodedSplit, collate, collate_batch, padded_length, shuffled_batches
 from della import host_memory
+from della.batches import EncodedSplit, collate, collate_batch, padded_length, shuffled_batches
 from della.config import BackboneConfig, ConfigError, TrainConfig
 from della.models import backbone as backbone_module
 from della.models import bart as bart_module
 from della.models import bart_backbone as bart_backbone_module
-from della.models import build_model
 from della.models.backbone import Injection
+from della.models.base import build_model
 from della.train import Trainer, compile_model, make_optimizer, train, use_fused_adam
 from tests.conftest import REPO, TINY, VOCAB, random_batch, tiny_model
 from tests.test_bart_cvae import bart_batch, bart_model

@@ -2,7 +2,7 @@
 
 The models of the paper's BART-base rows (Table 2's CNN/DM block, Table 9's Quora block), all
 conditional (source -> target). `build_model` takes a registered model's BART version when
-`backbone.kind` is bart (`BART_VERSIONS`), so `embed`, `memory`, `softmax` and `della` keep their
+`backbone.kind` is bart (its `bart=` class in della/models/catalog.py), so `embed`, `memory`, `softmax` and `della` keep their
 names and model_args. Each BART version is its GPT-2 class with a mixin in front that replaces only
 what touches the backbone: the encoder passes, the decoder pass with its hooks, and the LM head;
 the latent heads (posterior, prior, recurrence, KL, log q, prior sampling) are the GPT-2 class's own.
@@ -36,22 +36,14 @@ import functools
 
 import torch
 
-from della.models.base import BART_VERSIONS, MODELS, Condition, LatentModel
 from della.models.backbone import can_inspect
 from della.models.bart_backbone import BartBackbone, DecoderInjection, EncoderOutput
+from della.models.base import Condition, LatentModel
 from della.models.della import Della
 from della.models.embed import EmbedVAE
 from della.models.gpt2 import GPT2LM
 from della.models.memory import MemoryVAE
 from della.models.softmax import SoftmaxVAE
-
-
-def bart_version_of(gpt2_class: type[LatentModel]):
-    """Register the decorated class as `gpt2_class`'s version on the BART backbone."""
-    def register(cls: type[LatentModel]) -> type[LatentModel]:
-        BART_VERSIONS[gpt2_class] = cls
-        return cls
-    return register
 
 
 class BartDecoding(LatentModel):
@@ -142,32 +134,23 @@ class BartSingleLatent(BartEncoding):
         return pool(out.hidden, mask)[:, None, :]
 
 
-@MODELS.register("bart")
 class BartLM(BartDecoding, GPT2LM):
     registry_name = "bart"
-    paper_name = "Bart-base"  # the row label of the paper's Tables 2 and 9
 
 
-BART_VERSIONS[BartLM] = BartLM  # runs on BART only (the GPT-2 LM `gpt2` has no BART version)
-
-
-@bart_version_of(EmbedVAE)
 class BartEmbedVAE(BartSingleLatent, EmbedVAE):
     pass
 
 
-@bart_version_of(MemoryVAE)
 class BartMemoryVAE(BartSingleLatent, MemoryVAE):
     pass
 
 
-@bart_version_of(SoftmaxVAE)
 class BartSoftmaxVAE(BartSingleLatent, SoftmaxVAE):
     def decoder_injection(self, z):
         return DecoderInjection(softmax=self.latent_to_hidden(z[:, 0]))
 
 
-@bart_version_of(Della)
 class BartDella(BartEncoding, Della):
     """Encoder layer l gives x^(l) and c_l; decoder layer l's self-attention values take z_l."""
 

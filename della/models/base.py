@@ -27,9 +27,8 @@ from della.config import BackboneConfig
 from della.io import atomic_write_binary, atomic_write_json, replace_dir
 from della.models.backbone import Backbone, Injection, KVCache
 from della.models.bart_backbone import BartBackbone
-from della.registry import Registry
+from della.models.registry import MODELS
 
-MODELS: Registry[type["LatentModel"]] = Registry("model")
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -127,12 +126,9 @@ class FirstTokenPooling(nn.Module):
         return h[:, 0]
 
 
-POOLING_KINDS = ("attention", "first_token")
-
-
 def build_pooling(kind: str, d: int) -> nn.Module:
     """The sentence representation x from encoder states (N, T, d); `kind` is a model's `pool` arg,
-    checked against POOLING_KINDS by the model's config."""
+    checked against della.models.configs.POOLING_KINDS by the model's config."""
     return AttentionPooling(d) if kind == "attention" else FirstTokenPooling()
 
 
@@ -145,13 +141,11 @@ class LatentModel(nn.Module):
     (and its initialisation's random draws) are those it had before CVAEs existed.
     """
 
-    config_class: ClassVar[type]
-    registry_name: ClassVar[str]
-    supports_condition: ClassVar[bool] = True
+    registry_name: ClassVar[str]  # its name in della/models/catalog.py
 
     def __init__(self, config, backbone: Backbone, vocab: Vocab, conditional: bool = False):
         super().__init__()
-        if conditional and not self.supports_condition:
+        if conditional and not MODELS.get(self.registry_name).supports_condition:
             raise ValueError(f"model {self.registry_name!r} has no conditional (CVAE) version")
         self.config, self.backbone, self.vocab, self.conditional = config, backbone, vocab, conditional
         d = backbone.n_embd
@@ -161,7 +155,6 @@ class LatentModel(nn.Module):
             self.lm_head = nn.Linear(d, vocab.size, bias=False)
 
     # --- latent interface (overridden by latent models) ---------------------------------------
-    has_latent: ClassVar[bool] = True  # False for the plain LM: known before a model is built
     n_groups: int = 0
     latent_size: int = 0
 
@@ -320,28 +313,6 @@ def backbone_architecture(backbone: Backbone | BartBackbone) -> dict[str, Any]:
     return {"kind": "gpt2", "config": backbone.gpt2.config.to_dict()}
 
 
-# A registered model -> its version on the BART backbone (della/models/bart.py fills it); a model
-# that runs on BART only (the plain `bart`) maps to itself.
-BART_VERSIONS: dict[type[LatentModel], type[LatentModel]] = {}
-
-
-def runs_on(name: str, kind: str) -> bool:
-    """Whether registered model `name` has a version on a backbone of `kind` (gpt2 | bart)."""
-    cls = MODELS.get(name)
-    return cls in BART_VERSIONS if kind == "bart" else cls not in BART_VERSIONS.values()
-
-
-def model_class(name: str, kind: str) -> type[LatentModel]:
-    """The class of registered model `name` on a backbone of `kind`: on bart, its BART version."""
-    if not runs_on(name, kind):
-        if kind == "bart":
-            with_bart = sorted(cls.registry_name for cls in BART_VERSIONS)
-            raise ValueError(f"model {name!r} has no version on backbone.kind = bart; models with one: {with_bart}")
-        raise ValueError(f"model {name!r} runs on BART only: it needs backbone.kind = bart")
-    cls = MODELS.get(name)
-    return BART_VERSIONS[cls] if kind == "bart" else cls
-
-
 def build_model(name: str, model_args: dict[str, Any], vocab: Vocab,
                 backbone_config: BackboneConfig | None = None, architecture: dict[str, Any] | None = None,
                 conditional: bool = False) -> LatentModel:
@@ -350,12 +321,13 @@ def build_model(name: str, model_args: dict[str, Any], vocab: Vocab,
     weights loaded after); on BART the model's BART version. `conditional`: its CVAE."""
     backbone_config = backbone_config or BackboneConfig()
     kind = architecture["kind"] if architecture else backbone_config.kind
-    cls = model_class(name, kind)
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    spec = MODELS.get(name)
+    cls = spec.model_class(kind)
+    fields = {f.name for f in dataclasses.fields(spec.config_class)}
     unknown = sorted(set(model_args) - fields)
     if unknown:
         raise ValueError(f"model_args for {name!r}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
-    config = cls.config_class(**model_args)
+    config = spec.config_class(**model_args)
     builder = BartBackbone if kind == "bart" else Backbone
     if architecture:
         backbone = builder.from_config(architecture["config"])

@@ -12,7 +12,8 @@ where x^(l) is the state of the first token (<s>) at the output of encoder block
 and App. A.1; the official code pools all positions by attention: `pool: attention`). The
 defaults follow the paper: KL summed over layers (a true ELBO), p(z_b) = N(0, I), tied LM head,
 the first token's state, no clamps. Each departure of the official code (reference §10) is a
-switch, and the `della-official` preset in config/config.yaml turns them all on.
+switch (`DellaConfig`, della/models/configs.py), and the `della-official` preset in
+config/config.yaml turns them all on.
 
 The ablations of the paper's Table 4 and the BN-VAE trick of its Table 5 are switches too, off by
 default: `fusion: add` (−LTP), `shared_latent` (−LW), `recurrence: false` (Separate), `kl_layers`
@@ -45,45 +46,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from della.models.backbone import Injection
-from della.models.base import (MODELS, POOLING_KINDS, Condition, LatentModel, Posterior, build_pooling,
-                               gaussian_kl, gaussian_log_density)
+from della.models.base import Condition, LatentModel, Posterior, build_pooling, gaussian_kl, gaussian_log_density
 from della.models.bn_vae import PosteriorMeanBatchNorm
+from della.models.configs import DellaConfig
 
 KL_LAYERS = {"all": slice(None), "first": slice(0, 1), "last": slice(-1, None)}  # groups with a posterior
 # a key of the layout before the per-layer weights were stacked: `recog_x.{g}.weight`, `fusion.{i}.text_weight`
 PER_GROUP_KEY = re.compile(r"(recog_x|recog_h|prior|cell_ih|cell_hh|prior_condition|fusion)\.(\d+)\.(.+)")
-
-
-@dataclass(frozen=True)
-class DellaConfig:
-    latent_size: int = 32
-    lmf_rank: int = 4
-    lmf_mode: str = "paper"  # paper: product of sums (Eq. 9, and the code) | lowrank: sum of products
-    begin_layer: int = 0
-    end_layer: int | None = None  # None: the last layer (an explicit 0 means layer 0, unlike the code)
-    kl_threshold: float = 0.0  # per example and layer: max(KL_l, λ)
-    kl_aggregate: str = "sum"  # sum (paper ELBO) | mean (official code, D1)
-    first_prior: str = "standard"  # standard: p(z_b) = N(0, I) | learned (official code, D5)
-    tie_lm_head: bool = True  # official code: False, a fresh untied head (D4)
-    pool: str = "first_token"  # the paper's x^(l) | attention (official code, reference §2.2)
-    pool_mask: bool = True  # attention pooling only; official code: False, pads enter the pooling (D6)
-    clamp: float | None = None  # official code: 5.0 on mu and log s2 (D7)
-    use_bow: bool = False
-    bow_weight: float = 0.2
-    # Table 4's ablations and Table 5's BN-VAE; the defaults are the paper's model
-    fusion: str = "lmf"  # lmf: Eq. 9 | add: V' = V + W_l z_l, no tensor product (−LTP)
-    shared_latent: bool = False  # −LW: one z, inferred at the top latent layer, fused into every layer
-    recurrence: bool = True  # False (Separate): every z_l is inferred and drawn like the first, without z_<l
-    kl_layers: str = "all"  # all | first | last: the layers with a posterior (the others: q = prior, KL 0)
-    bn_gamma: float | None = None  # BN-VAE: batch-normalised posterior means with this fixed γ
-
-    def __post_init__(self):
-        choices = {"lmf_mode": ("paper", "lowrank"), "kl_aggregate": ("sum", "mean"),
-                   "first_prior": ("standard", "learned"), "pool": POOLING_KINDS, "fusion": ("lmf", "add"),
-                   "kl_layers": tuple(KL_LAYERS)}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"model_args.{key} = {getattr(self, key)!r}; expected one of {allowed}")
 
 
 def _linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
@@ -271,11 +240,8 @@ class Chain:
     condition: torch.Tensor | None
 
 
-@MODELS.register("della")
 class Della(LatentModel):
-    config_class = DellaConfig
     registry_name = "della"
-    paper_name = "DELLA"  # the row label of the paper's tables
 
     def __init__(self, config: DellaConfig, backbone, vocab, conditional: bool = False):
         super().__init__(config, backbone, vocab, conditional)

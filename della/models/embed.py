@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from della.models.backbone import Injection
-from della.models.base import MODELS
 from della.models.single_latent import SingleLatentVAE
 
 
-@MODELS.register("embed")
 class EmbedVAE(SingleLatentVAE):
     registry_name = "embed"
-    paper_name = "Embed"  # the row label of the paper's tables
 
     def __init__(self, config, backbone, vocab, **kwargs):
         super().__init__(config, backbone, vocab, **kwargs)

@@ -5,14 +5,11 @@ positions stay 0..T-1: the slot has no position of its own."""
 from __future__ import annotations
 
 from della.models.backbone import Injection
-from della.models.base import MODELS
 from della.models.single_latent import SingleLatentVAE
 
 
-@MODELS.register("memory")
 class MemoryVAE(SingleLatentVAE):
     registry_name = "memory"
-    paper_name = "Memory"  # the row label of the paper's tables
 
     def __init__(self, config, backbone, vocab, **kwargs):
         super().__init__(config, backbone, vocab, **kwargs)

@@ -20,26 +20,18 @@ The training recipe is the project's (della/train.py), as for every other model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from della.models.backbone import Backbone, Injection
-from della.models.base import MODELS, LatentModel, Vocab
+from della.models.base import LatentModel, Vocab
+from della.models.configs import OptimusConfig
 from della.models.single_latent import SingleLatentVAE
 
 if TYPE_CHECKING:  # transformers is imported where the encoder is built: a DAG parse needs none
     from transformers import BertModel
-
-
-@dataclass(frozen=True)
-class OptimusConfig:
-    latent_size: int = 32
-    kl_threshold: float = 0.0  # per-example max(KL, λ); 0 = off
-    tie_lm_head: bool = True
-    encoder_pretrained: str | None = None  # BERT name or local dir; None: from scratch, sized like the backbone
 
 
 def scratch_bert(backbone: Backbone, vocab: Vocab) -> BertModel:
@@ -75,12 +67,8 @@ def pretrained_bert(name_or_dir: str, vocab: Vocab, d_model: int) -> BertModel:
     return bert
 
 
-@MODELS.register("optimus")
 class OptimusVAE(SingleLatentVAE):
-    config_class = OptimusConfig
     registry_name = "optimus"
-    paper_name = "Optimus"  # the row label of the paper's tables
-    supports_condition = False  # not among the paper's conditional models (Tables 2, 9)
 
     def __init__(self, config: OptimusConfig, backbone: Backbone, vocab: Vocab, conditional: bool = False):
         # skip SingleLatentVAE.__init__ (its pooling and biased head); inherit its posterior maths

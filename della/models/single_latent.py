@@ -14,33 +14,15 @@ so with W_c = 0 it is the unconditional N(0, I). The posterior sees the source t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from della.models.base import (POOLING_KINDS, Condition, LatentModel, Posterior, build_pooling, gaussian_kl,
-                               gaussian_log_density)
+from della.models.base import Condition, LatentModel, Posterior, build_pooling, gaussian_kl, gaussian_log_density
 from della.models.bn_vae import PosteriorMeanBatchNorm
-
-
-@dataclass(frozen=True)
-class SingleLatentConfig:
-    latent_size: int = 32
-    kl_threshold: float = 0.0  # per-example max(KL, λ); 0 = off
-    tie_lm_head: bool = True
-    pool: str = "attention"  # TransformerCVAE's encoder | first_token (Optimus's [CLS], the paper's DELLA)
-    bn_gamma: float | None = None  # BN-VAE (Table 5): batch-normalised posterior means with this fixed γ
-    use_bow: bool = False  # Table 5's "+BOW": the bag-of-words loss on z, as DELLA's
-    bow_weight: float = 0.2
-
-    def __post_init__(self):
-        if self.pool not in POOLING_KINDS:
-            raise ValueError(f"model_args.pool = {self.pool!r}; expected one of {POOLING_KINDS}")
+from della.models.configs import SingleLatentConfig
 
 
 class SingleLatentVAE(LatentModel):
-    config_class = SingleLatentConfig
     n_groups = 1
 
     def __init__(self, config: SingleLatentConfig, backbone, vocab, conditional: bool = False):

@@ -3,14 +3,11 @@ LM head, so z meets the hidden states only at the output."""
 
 from __future__ import annotations
 
-from della.models.base import MODELS
 from della.models.single_latent import SingleLatentVAE
 
 
-@MODELS.register("softmax")
 class SoftmaxVAE(SingleLatentVAE):
     registry_name = "softmax"
-    paper_name = "Softmax"  # the row label of the paper's tables
 
     def __init__(self, config, backbone, vocab, **kwargs):
         super().__init__(config, backbone, vocab, **kwargs)

@@ -38,7 +38,7 @@ def saved_run(corpus: Path, root: Path, model: str = "gpt2", **model_args) -> Pa
 def test_exported_lm_gives_the_runs_hidden_states_and_logits(corpus, tmp_path, tied):
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    from della.models import LatentModel
+    from della.models.base import LatentModel
 
     run = saved_run(corpus, tmp_path / "run", tie_lm_head=tied)
     della_cli(["export-lm", "--run", str(run), "--out", str(tmp_path / "lm")])

@@ -1,0 +1,91 @@
+"""The model registry: every model declares its name, model_args, paper name and classes once.
+
+The registry imports none of the model modules. The package registers its models in
+`della/models/catalog.py` (imported by `della/models/__init__.py`) by name, config dataclass
+(della/models/configs.py) and the dotted path of its class on each backbone kind::
+
+    register_model("embed", SingleLatentConfig, paper_name="Embed",
+                   gpt2="della.models.embed:EmbedVAE", bart="della.models.bart:BartEmbedVAE")
+
+so the workflow checks a config when it builds the DAG without importing torch (every dry run, and
+every Slurm job's re-parse of the Snakefile); a class is imported when a model is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from della.registry import Registry
+
+BACKBONE_KINDS = ("gpt2", "bart")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: what the workflow and the tables need, and where its classes are."""
+
+    name: str
+    config_class: type  # its model_args dataclass
+    classes: dict[str, str]  # backbone kind -> "package.module:Class" (only the kinds it runs on)
+    paper_name: str | None  # the paper's row label (GPT-2, DELLA, ...): default label, paper row
+    has_latent: bool  # False for the plain LMs
+    supports_condition: bool  # has a conditional (CVAE) version
+
+    def runs_on(self, kind: str) -> bool:
+        return kind in self.classes
+
+    def model_class(self, kind: str) -> type:
+        """Its class on a backbone of `kind`, imported now."""
+        if not self.runs_on(kind):
+            if kind == "bart":
+                with_bart = [name for name in MODELS.names() if MODELS.get(name).runs_on("bart")]
+                raise ValueError(f"model {self.name!r} has no version on backbone.kind = bart; models with one: "
+                                 f"{with_bart}")
+            raise ValueError(f"model {self.name!r} runs on BART only: it needs backbone.kind = bart")
+        module, cls = self.classes[kind].split(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def register_model(name: str, config_class: type, *, gpt2: str | None = None, bart: str | None = None,
+                   paper_name: str | None = None, has_latent: bool = True,
+                   supports_condition: bool = True) -> ModelSpec:
+    """Register model `name`: its model_args dataclass and its class ("module:Class") on each backbone
+    kind it runs on. Registering a name twice raises ValueError."""
+    classes = {kind: path for kind, path in (("gpt2", gpt2), ("bart", bart)) if path}
+    if not classes:
+        raise ValueError(f"model {name!r}: give its class on at least one backbone kind {BACKBONE_KINDS}")
+    spec = ModelSpec(name, config_class, classes, paper_name, has_latent, supports_condition)
+    return MODELS.register(name)(spec)
+
+
+def runs_on(name: str, kind: str) -> bool:
+    """Whether registered model `name` has a version on a backbone of `kind` (gpt2 | bart)."""
+    return MODELS.get(name).runs_on(kind)
+
+
+def model_class(name: str, kind: str) -> type:
+    """The class of registered model `name` on a backbone of `kind`."""
+    return MODELS.get(name).model_class(kind)
+
+
+def paper_name(model: str) -> str | None:
+    """The paper's name of a registered model, None when it declares none."""
+    return MODELS.get(model).paper_name
+
+
+def default_label(model: str) -> str:
+    """A registered model's row label when the config gives none: the paper's name, else the registry name."""
+    return paper_name(model) or model
+
+
+def check_model_name(model: str, where: str) -> None:
+    """Raise a ValueError naming `where` (a config key) and the registered models if `model` is unknown."""
+    try:
+        MODELS.get(model)
+    except KeyError as err:
+        raise ValueError(f"{where}: {err.args[0]}") from None
+
