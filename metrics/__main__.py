@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 
 from pathlib import Path
@@ -110,15 +109,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_with_a_fixed_hash_seed() -> None:
-    """Re-run this command under PYTHONHASHSEED=0 unless the caller set one: bert-score batches its
-    unique sentences in a Python set's order, which otherwise changes from run to run, and so (by their
-    padding) does BERTScore's ninth digit."""
-    if "PYTHONHASHSEED" not in os.environ:
-        os.environ["PYTHONHASHSEED"] = "0"
-        os.execv(sys.executable, [sys.executable, "-m", "metrics", *sys.argv[1:]])
-
-
 if __name__ == "__main__":
-    run_with_a_fixed_hash_seed()
     sys.exit(main())

@@ -11,7 +11,6 @@ from metrics.base import MetricUndefined, Score
 from metrics.encoders import MINILM, resolve_encoder
 
 MINILM_LAYERS = 6  # the last of MiniLM's 6 layers; no tuned layer exists (unconfirmed)
-CHUNK = 1000  # pairs per bert-score call; the IDF (if on) is computed once from all targets
 
 
 def build_scorer(opts, idf_sents: list[str] | None):
@@ -38,6 +37,17 @@ def build_scorer(opts, idf_sents: list[str] | None):
     return scorer, layers
 
 
+def pairs_per_call(batch_size: int) -> int:
+    """Pairs per bert-score call: at most 2 x that many unique sentences, so one batch embeds them all.
+
+    bert-score orders a call's unique sentences by length with ties in a Python set's order, which the
+    interpreter's hash seed decides, and embeds them in batches of `batch_size`: over several batches
+    the padding each sentence gets, and so BERTScore's ninth digit, would change with the hash seed.
+    One batch per call pads every sentence of a call alike, whatever their order.
+    """
+    return max(1, batch_size // 2)
+
+
 def bertscore(ctx) -> dict[str, Score]:
     """Mean BERTScore F1 of each sample against its target (P and R in details).
 
@@ -55,10 +65,11 @@ def bertscore(ctx) -> dict[str, Score]:
         raise MetricUndefined("BERTScore: every pair has an empty sample or target")
     cands = [ctx.samples.texts[i] for i in pairs]
     refs = [ctx.references.texts[i] for i in pairs]
-    scorer, layers = build_scorer(opts, idf_sents=refs)
-    chunks = []  # bert-score holds all embeddings of one call in memory: score in chunks
-    for start in range(0, len(pairs), CHUNK):
-        p, r, f = scorer.score(cands[start:start + CHUNK], refs[start:start + CHUNK],
+    scorer, layers = build_scorer(opts, idf_sents=refs)  # the IDF (if on): once, from all targets
+    chunk = pairs_per_call(opts.batch_size)
+    chunks = []
+    for start in range(0, len(pairs), chunk):
+        p, r, f = scorer.score(cands[start:start + chunk], refs[start:start + chunk],
                                batch_size=opts.batch_size)
         chunks.append(np.stack([p.numpy(), r.numpy(), f.numpy()], axis=1))
     empty = np.zeros(3)  # P, R, F of a pair with an empty side
