@@ -5,7 +5,7 @@ The document has the shape the suite's tables read::
     {"kind": "metrics",
      "metrics": {key: {value, higher_is_better, label, display_scale, decimals, signature,
                        details[, error]}},
-     "inputs": {...}, "warnings": [...], "versions": {...}}
+     "inputs": {...}, "warnings": [...], "versions": {...}, "seconds": {metric: wall seconds}}
 
 `value` is null exactly when `error` says why. A metric that is undefined on the input (e.g.
 Self-BLEU of one sample) gets such an entry and the other metrics still run. A metric that fails
@@ -13,6 +13,8 @@ otherwise (e.g. a missing encoder) raises, unless it is listed in `optional`: th
 null + error. Bad input raises `InputError` before any metric runs; so does a pair metric (ROUGE,
 BERTScore) on an unconditional task, where no sample has a reference of its own. `warnings`
 lists what makes a value weak without making it undefined (blank samples, a single sample).
+`seconds` is the only part that changes between two runs on the same input and options: it is kept
+out of the metric entries, so those compare equal.
 """
 
 from __future__ import annotations
@@ -111,13 +113,17 @@ def compute(names: Sequence[str], samples: str | Path | Sequence[str],
     by_role = {s.role: s for s in sets}
     ctx = EvalContext(by_role["samples"], by_role.get("references"), by_role.get("sources"), task, opts)
     results: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
     for spec in specs:
+        start = time.perf_counter()
         results.update(_run_metric(spec, ctx, spec.name in optional))
+        seconds[spec.name] = round(time.perf_counter() - start, 3)
     inputs = _inputs(sets, task, opts)
     if max_samples:
         inputs["subsample"] = {"max_samples": max_samples, "seed": sample_seed}
     return {"kind": "metrics", "metrics": results, "inputs": inputs,
-            "warnings": warnings + input_warnings(ctx.samples), "versions": package_versions()}
+            "warnings": warnings + input_warnings(ctx.samples), "versions": package_versions(),
+            "seconds": seconds}
 
 
 def subsample(sets: list[TextSet], max_samples: int, seed: int, paired: bool) -> list[str]:
@@ -155,7 +161,6 @@ def input_warnings(samples: TextSet) -> list[str]:
 
 def _run_metric(spec: registry.MetricSpec, ctx: EvalContext, optional: bool) -> dict[str, dict]:
     """The JSON entries of one metric; undefined values and optional failures become null + error."""
-    start = time.perf_counter()
     log.info("computing %s on %d samples", spec.name, len(ctx.samples))
     try:
         scores = spec.fn(ctx)
@@ -166,8 +171,7 @@ def _run_metric(spec: registry.MetricSpec, ctx: EvalContext, optional: bool) -> 
         log.warning("%s: no value: %s: %s", spec.name, type(err).__name__, err)
         keys = [spec.name] if spec.name in spec.result_keys else spec.result_keys
         scores = {k: Score(None, {}, error=f"{type(err).__name__}: {err}") for k in keys}
-    seconds = time.perf_counter() - start
-    return {key: _entry(spec, registry.get(key), score, seconds) for key, score in scores.items()}
+    return {key: _entry(spec, registry.get(key), score) for key, score in scores.items()}
 
 
 def write_json(document: dict, path: str | Path) -> None:
@@ -191,8 +195,7 @@ def _load(source: str | Path | Sequence[str], role: str) -> TextSet:
     return from_strings(source, role)
 
 
-def _entry(spec: registry.MetricSpec, result: registry.ResultSpec, score: Score,
-           seconds: float) -> dict:
+def _entry(spec: registry.MetricSpec, result: registry.ResultSpec, score: Score) -> dict:
     value, error = score.value, score.error
     if value is not None and not math.isfinite(value):
         value, error = None, f"non-finite value {value!r}"
@@ -203,8 +206,7 @@ def _entry(spec: registry.MetricSpec, result: registry.ResultSpec, score: Score,
     entry = {"value": value, "higher_is_better": result.higher_is_better, "label": result.label,
              "display_scale": result.display_scale, "decimals": result.decimals,
              "signature": "|".join(f"{k}:{v}" for k, v in fields.items()),
-             "details": {**score.details, "recipe": inspect.getdoc(spec.fn),
-                         "seconds": round(seconds, 3)}}
+             "details": {**score.details, "recipe": inspect.getdoc(spec.fn)}}
     if value is None:
         entry["error"] = error or "no value"
     return entry
