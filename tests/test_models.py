@@ -11,7 +11,7 @@ from della.models import MODELS, runs_on
 from della.models.della import LowRankFusion, once
 from tests.conftest import random_batch, tiny_model
 
-# Every registered model is tested: a new model file is picked up by these tests without an edit.
+# Every registered model is tested: a newly registered model is picked up by these tests without an edit.
 GPT2_MODELS = [name for name in MODELS.names() if runs_on(name, "gpt2")]  # `bart` has tests/test_bart_cvae.py
 LATENT_MODELS = [name for name in GPT2_MODELS if MODELS.get(name).has_latent]
 POOLING_MODELS = [name for name in LATENT_MODELS  # those that pool the shared backbone's states
