@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from della.models import MODELS, check_model_name, default_label
+from della.models import MODELS, check_model_name, default_label, register_model
+from della.models.configs import GPT2LMConfig
 from tests.conftest import REPO
 
 TOY = '''
@@ -129,6 +130,17 @@ def test_check_and_default_label():
     with pytest.raises(ValueError, match=r"^models\.e\.model: unknown model 'embedd'\. Did you mean 'embed'"):
         check_model_name("embedd", "models.e.model")
     assert default_label("gpt2") == "GPT-2" and default_label("embed") == "Embed"
+
+
+def test_a_registration_naming_a_missing_module_fails_when_it_is_made():
+    """The catalog is imported when the Snakefile is parsed: a typo in a class path fails the DAG build."""
+    with pytest.raises(ValueError, match=r"^model 'x', gpt2='della.models.gtp2:GPT2LM': no module 'della.models.gtp2'"):
+        register_model("x", GPT2LMConfig, gpt2="della.models.gtp2:GPT2LM")
+    with pytest.raises(ValueError, match=r"bart='della.models.bart': expected 'package.module:Class'$"):
+        register_model("x", GPT2LMConfig, bart="della.models.bart")
+    with pytest.raises(ValueError, match=r"give its class on at least one backbone kind"):
+        register_model("x", GPT2LMConfig)
+    assert "x" not in MODELS
 
 
 def test_every_registration_names_classes_that_carry_its_name():

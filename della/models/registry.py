@@ -14,6 +14,7 @@ every Slurm job's re-parse of the Snakefile); a class is imported when a model i
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 
 from della.registry import Registry
@@ -58,8 +59,24 @@ def register_model(name: str, config_class: type, *, gpt2: str | None = None, ba
     classes = {kind: path for kind, path in (("gpt2", gpt2), ("bart", bart)) if path}
     if not classes:
         raise ValueError(f"model {name!r}: give its class on at least one backbone kind {BACKBONE_KINDS}")
+    for kind, path in classes.items():
+        check_class_path(f"model {name!r}, {kind}={path!r}", path)
     spec = ModelSpec(name, config_class, classes, paper_name, has_latent, supports_condition)
     return MODELS.register(name)(spec)
+
+
+def check_class_path(where: str, path: str) -> None:
+    """A "package.module:Class" whose module exists, found without running it (so a typo fails when
+    the DAG is built, not in the first training job)."""
+    module, _, cls = path.partition(":")
+    if not (module and cls.isidentifier()):
+        raise ValueError(f"{where}: expected 'package.module:Class'")
+    try:
+        found = importlib.util.find_spec(module)
+    except ModuleNotFoundError:  # a missing parent package
+        found = None
+    if found is None:
+        raise ValueError(f"{where}: no module {module!r}")
 
 
 def runs_on(name: str, kind: str) -> bool:
