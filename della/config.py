@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from della.models import MODELS, check_model_name, runs_on
+from della.models import BACKBONE_KINDS, MODELS, check_model_name, runs_on
 
 
 class ConfigError(ValueError):
@@ -34,9 +34,6 @@ RESUME_MODES = ("auto", "never", "weights-only")
 # config/README).
 NOT_IN_RECIPE = {"epochs", "log_every", "resume", "fused_adam", "compile", "pad_to_multiple", "reuse_host_memory"}
 PRECISIONS = ("fp32", "bf16")
-
-
-BACKBONE_KINDS = ("gpt2", "bart")
 TASKS = ("lm", "conditional")  # a language model of sentences | source -> target (a CVAE)
 CONDITIONAL_SOURCES = ("jsonl", "hf-conditional", "synthetic-conditional")  # dataset sources of a conditional task
 

@@ -66,18 +66,22 @@ def bertscore(ctx) -> dict[str, Score]:
     cands = [ctx.samples.texts[i] for i in pairs]
     refs = [ctx.references.texts[i] for i in pairs]
     scorer, layers = build_scorer(opts, idf_sents=refs)  # the IDF (if on): once, from all targets
+    # pairs of similar length share a call, so little of a call's one batch is padding: 300 pairs whose
+    # sample and target have equal lengths took as long as bert-score's own batching, of unrelated
+    # lengths 1.8 times as long (both sides of a pair are padded to the longer)
+    by_length = sorted(range(len(pairs)), key=lambda i: max(len(cands[i].split()), len(refs[i].split())))
     chunk = pairs_per_call(opts.batch_size)
-    chunks = []
+    scored = np.empty((len(pairs), 3))
     for start in range(0, len(pairs), chunk):
-        p, r, f = scorer.score(cands[start:start + chunk], refs[start:start + chunk],
-                               batch_size=opts.batch_size)
-        chunks.append(np.stack([p.numpy(), r.numpy(), f.numpy()], axis=1))
+        rows = by_length[start:start + chunk]
+        p, r, f = scorer.score([cands[i] for i in rows], [refs[i] for i in rows], batch_size=opts.batch_size)
+        scored[rows] = np.stack([p.numpy(), r.numpy(), f.numpy()], axis=1)
     empty = np.zeros(3)  # P, R, F of a pair with an empty side
     if opts.bertscore_rescale:
         baseline = scorer.baseline_vals.numpy()
         empty = (empty - baseline) / (1 - baseline)
     scores = np.tile(empty, (len(ctx.samples), 1))
-    scores[pairs] = np.concatenate(chunks)
+    scores[pairs] = scored
     name = opts.bertscore_model_name
     signature = {"model": name, "layer": layers, "idf": "yes" if opts.bertscore_idf else "no",
                  "rescale": "yes" if opts.bertscore_rescale else "no", "agg": "mean-F1",

@@ -138,8 +138,10 @@ def test_a_registration_naming_a_missing_module_fails_when_it_is_made():
         register_model("x", GPT2LMConfig, gpt2="della.models.gtp2:GPT2LM")
     with pytest.raises(ValueError, match=r"bart='della.models.bart': expected 'package.module:Class'$"):
         register_model("x", GPT2LMConfig, bart="della.models.bart")
-    with pytest.raises(ValueError, match=r"give its class on at least one backbone kind"):
+    with pytest.raises(ValueError, match=r"give its class on one or more backbone kinds"):
         register_model("x", GPT2LMConfig)
+    with pytest.raises(ValueError, match=r"backbone kinds \('gpt2', 'bart'\), not \['t5'\]"):
+        register_model("x", GPT2LMConfig, t5="della.models.gpt2:GPT2LM")
     assert "x" not in MODELS
 
 

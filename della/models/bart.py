@@ -3,9 +3,9 @@
 The models of the paper's BART-base rows (Table 2's CNN/DM block, Table 9's Quora block), all
 conditional (source -> target). `build_model` takes a registered model's BART version when
 `backbone.kind` is bart (its `bart=` class in della/models/catalog.py), so `embed`, `memory`,
-`softmax` and `della` keep their names and model_args. Each BART version is its GPT-2 class with a mixin in front that replaces only
-what touches the backbone: the encoder passes, the decoder pass with its hooks, and the LM head;
-the latent heads (posterior, prior, recurrence, KL, log q, prior sampling) are the GPT-2 class's own.
+`softmax` and `della` keep their names and model_args. Each BART version is its GPT-2 class with a
+mixin in front that replaces only what touches the backbone: the encoder passes, the decoder pass
+with its hooks, and the LM head; the latent heads (posterior, prior, recurrence, KL, log q, prior sampling) are the GPT-2 class's own.
 
 Layout (della/data/conditional.py, layout bart): the decoder sequence is </s> <s> target </s> (HF's
 decoder start, then BART's labels) with target_start = 2, so the trivial <s> is never predicted;

@@ -51,14 +51,14 @@ class ModelSpec:
 MODELS: Registry[ModelSpec] = Registry("model")
 
 
-def register_model(name: str, config_class: type, *, gpt2: str | None = None, bart: str | None = None,
-                   paper_name: str | None = None, has_latent: bool = True,
-                   supports_condition: bool = True) -> ModelSpec:
-    """Register model `name`: its model_args dataclass and its class ("module:Class") on each backbone
-    kind it runs on. Registering a name twice raises ValueError."""
-    classes = {kind: path for kind, path in (("gpt2", gpt2), ("bart", bart)) if path}
-    if not classes:
-        raise ValueError(f"model {name!r}: give its class on at least one backbone kind {BACKBONE_KINDS}")
+def register_model(name: str, config_class: type, *, paper_name: str | None = None, has_latent: bool = True,
+                   supports_condition: bool = True, **classes: str) -> ModelSpec:
+    """Register model `name`: its model_args dataclass and, keyed by backbone kind (`gpt2=`, `bart=`),
+    its class ("module:Class") on each kind it runs on. Registering a name twice raises ValueError."""
+    unknown = sorted(set(classes) - set(BACKBONE_KINDS))
+    if unknown or not classes:
+        raise ValueError(f"model {name!r}: give its class on one or more backbone kinds {BACKBONE_KINDS}"
+                         + (f", not {unknown}" if unknown else ""))
     for kind, path in classes.items():
         check_class_path(f"model {name!r}, {kind}={path!r}", path)
     spec = ModelSpec(name, config_class, classes, paper_name, has_latent, supports_condition)
@@ -82,11 +82,6 @@ def check_class_path(where: str, path: str) -> None:
 def runs_on(name: str, kind: str) -> bool:
     """Whether registered model `name` has a version on a backbone of `kind` (gpt2 | bart)."""
     return MODELS.get(name).runs_on(kind)
-
-
-def model_class(name: str, kind: str) -> type:
-    """The class of registered model `name` on a backbone of `kind`."""
-    return MODELS.get(name).model_class(kind)
 
 
 def paper_name(model: str) -> str | None:
