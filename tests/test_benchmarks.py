@@ -4,11 +4,13 @@ printed by the scripts themselves, never asserted here): a refactor that breaks 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
+import metrics
 from della import host_memory
 from tests.conftest import REPO, SHARED_DATA
 
@@ -43,8 +45,10 @@ def test_iw_cost_times_both_estimators():
     assert "batched" in out and "naive" in out and "speed-up" in out
 
 
-def test_metrics_speed_checks_the_fast_bleu_against_nltk():
+def test_metrics_speed_checks_the_fast_bleu_against_nltk_and_times_every_metric():
     if not (SHARED_DATA / "ptb").is_dir():
         pytest.skip(f"{SHARED_DATA / 'ptb'} is absent (the benchmark data lives beside the repo)")
-    out = run_benchmark("metrics_speed.py", "--nltk-subset", "2", "--skip-full")
+    out = run_benchmark("metrics_speed.py", "--nltk-subset", "2", "--full-samples", "20")
     assert out.count("identical") == 2
+    timed = set(re.findall(r"[\d.]+ s \((\w+)\)$", out, flags=re.M))  # "  BERTScore  26.19  1.4 s (bertscore)"
+    assert timed == set(metrics.registry.names()), out[-3000:]
