@@ -431,4 +431,3 @@ class Della(LatentModel):
         if self.config.kl_threshold > 0:
             kl = kl.clamp(min=self.config.kl_threshold)
         return kl.sum(-1) if self.config.kl_aggregate == "sum" else kl.mean(-1)
-

@@ -100,4 +100,3 @@ def check_model_name(model: str, where: str) -> None:
         MODELS.get(model)
     except KeyError as err:
         raise ValueError(f"{where}: {err.args[0]}") from None
-
