@@ -10,7 +10,6 @@ checks each model's `args` against its config dataclass in the model registry (t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,17 +261,10 @@ def dataset_models(workflow_config: dict[str, Any], dataset: str) -> list[str]:
 def check_model_args(entry: str, name: str, args: dict[str, Any]) -> None:
     """`models.<entry>`: a registered model whose config dataclass accepts `args` (keys and values)."""
     check_model_name(name, f"models.{entry}.model")
-    config_class = MODELS.get(name).config_class
-    valid = [f.name for f in dataclasses.fields(config_class)]
-    for key in args:
-        if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"models.{entry}.args: unknown key {key!r}; valid: {valid}{hint}")
     try:
-        config_class(**args)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"models.{entry}.args: {err}") from None
+        MODELS.get(name).make_config(args, f"models.{entry}.args")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_task(entry: str, cfg: RunConfig, dataset: str) -> None:

@@ -298,7 +298,7 @@ def workflow_config(**model_entry) -> dict:
 
 @pytest.mark.parametrize("entry, message", [
     ({"args": {"kl_agregate": "mean"}},
-     r"models.della-x.args: unknown key 'kl_agregate'; valid: \[.*\] \(did you mean 'kl_aggregate'\?\)"),
+     r"models.della-x.args: unknown key 'kl_agregate'; valid keys: \[.*\] \(did you mean 'kl_aggregate'\?\)"),
     ({"args": {"kl_aggregate": "median"}}, r"models.della-x.args: model_args.kl_aggregate = 'median'"),
     ({"backbone": {"pretrained": "/models/gpt2"}}, r"backbone.pretrained = '/models/gpt2' .* from-scratch tokenizer"),
     ({"train": {"max_length": 80}}, r"train.max_length = 80 .* exceeds the backbone's 64 positions"),

@@ -323,11 +323,7 @@ def build_model(name: str, model_args: dict[str, Any], vocab: Vocab,
     kind = architecture["kind"] if architecture else backbone_config.kind
     spec = MODELS.get(name)
     cls = spec.model_class(kind)
-    fields = {f.name for f in dataclasses.fields(spec.config_class)}
-    unknown = sorted(set(model_args) - fields)
-    if unknown:
-        raise ValueError(f"model_args for {name!r}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
-    config = spec.config_class(**model_args)
+    config = spec.make_config(model_args, f"model_args of {name!r}")
     builder = BartBackbone if kind == "bart" else Backbone
     if architecture:
         backbone = builder.from_config(architecture["config"])

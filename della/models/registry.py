@@ -13,9 +13,12 @@ every Slurm job's re-parse of the Snakefile); a class is imported when a model i
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib
 import importlib.util
 from dataclasses import dataclass
+from typing import Any
 
 from della.registry import Registry
 
@@ -35,6 +38,20 @@ class ModelSpec:
 
     def runs_on(self, kind: str) -> bool:
         return kind in self.classes
+
+    def make_config(self, model_args: dict[str, Any], where: str) -> Any:
+        """Its config dataclass built from `model_args`; a ValueError starting with `where` names an
+        unknown key (with the closest valid one) or a bad value."""
+        valid = [f.name for f in dataclasses.fields(self.config_class)]
+        for key in model_args:
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"{where}: unknown key {key!r}; valid keys: {valid}{hint}")
+        try:
+            return self.config_class(**model_args)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from None
 
     def model_class(self, kind: str) -> type:
         """Its class on a backbone of `kind`, imported now."""
