@@ -63,7 +63,7 @@ import torch
 import yaml
 
 from della.config import RunConfig, experiment_name, resolve_run_config
-from della.io import atomic_write_json, atomic_write_text, md5sum
+from della.io import atomic_write_json, atomic_write_text, md5sum, read_json
 from della.run import RunDir
 
 log = logging.getLogger(__name__)
@@ -164,8 +164,7 @@ def check_shared_decoder(state: dict[str, torch.Tensor], where: str) -> None:
 
 def import_official(source: Path, cfg: RunConfig, tokenizer, n_head: int | None):
     """-> (model, backbone config) of an official DELLA state_dict under the run config's entry."""
-    from transformers import GPT2Config
-
+    from della.models.backbone import GPT2Config
     from della.models.base import build_model
     from della.models.configs import DellaConfig
 
@@ -198,8 +197,7 @@ def import_official(source: Path, cfg: RunConfig, tokenizer, n_head: int | None)
 def import_hf_gpt2(source: Path, cfg: RunConfig, tokenizer, n_head: int | None):
     """-> (model, backbone config) of a Hugging Face GPT-2 directory as the plain LM (its config.json
     gives the head count, so `n_head` is not needed)."""
-    from transformers import GPT2Config
-
+    from della.models.backbone import GPT2Config
     from della.models.base import build_model
 
     if cfg.model != "gpt2" or not cfg.model_args.get("tie_lm_head", True):
@@ -207,7 +205,7 @@ def import_hf_gpt2(source: Path, cfg: RunConfig, tokenizer, n_head: int | None):
                               f"not {cfg.model!r} with {cfg.model_args}")
     if not (source / "config.json").is_file():
         raise CheckpointError(f"{source}: not a Hugging Face model directory (no config.json)")
-    hf = GPT2Config.from_pretrained(source)
+    hf = GPT2Config.from_dict(read_json(source / "config.json"))
     backbone = dataclasses.replace(cfg.backbone, pretrained=str(source), n_layer=hf.n_layer, n_embd=hf.n_embd,
                                    n_head=hf.n_head, n_positions=hf.n_positions)
     model = build_model("gpt2", cfg.model_args, vocab_of(tokenizer), backbone_config=backbone)

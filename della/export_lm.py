@@ -4,8 +4,8 @@ MAUVE featurises texts with an autoregressive LM's last hidden state at the last
 et al. 2021; DELLA uses GPT-2 large). Without a model hub, the LM is the dataset's own `gpt2` run,
 and this command makes it loadable by `metrics/encoders.py` like any Hugging Face model:
 
-- `config.json` + `model.safetensors`: `GPT2LMHeadModel` with the run's weights (the backbone is
-  Hugging Face's `GPT2Model`, so the names map one to one; the LM head tied or not, as trained);
+- `config.json` + `model.safetensors`: `GPT2LMHeadModel` with the run's weights (the backbone keeps
+  Hugging Face `GPT2Model`'s names and layout, so they map one to one; the LM head tied or not, as trained);
 - the run's tokenizer as a `PreTrainedTokenizerFast` whose post-processor prepends `<s>`, as every
   training sequence began (no `</s>`: the features are those of the text, as mauve-text's are), and
   whose inputs are `input_ids` and `attention_mask` only (GPT-2 would add token-type embeddings);

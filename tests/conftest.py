@@ -26,6 +26,18 @@ def tiny_model(name: str, seed: int = 0, conditional: bool = False, **model_args
     return build_model(name, model_args, VOCAB, backbone_config=TINY, conditional=conditional).eval()
 
 
+def hf_gpt2(backbone, head: bool = False):
+    """Hugging Face's GPT2Model (GPT2LMHeadModel, tied, with `head`) holding `backbone`'s weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+    config = GPT2Config.from_dict(backbone.gpt2.config.to_dict())
+    hf = GPT2LMHeadModel(config) if head else GPT2Model(config)
+    (hf.transformer if head else hf).load_state_dict(backbone.gpt2.state_dict())
+    if head:
+        hf.tie_weights()
+    return hf.eval()
+
+
 def random_batch(b: int = 4, t: int = 9, seed: int = 0, pad_last: int = 3):
     """Sentences [<s>, tokens..., </s>] right-padded; the last row is shorter by pad_last."""
     g = torch.Generator().manual_seed(seed)

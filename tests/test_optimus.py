@@ -12,7 +12,7 @@ from della.evaluate import collect
 from tests import test_estimators as estimator_checks
 from tests import test_generate as generate_checks
 from tests import test_models as model_checks
-from tests.conftest import VOCAB, random_batch, tiny_model
+from tests.conftest import VOCAB, hf_gpt2, random_batch, tiny_model
 
 # --- the contract every model of the project meets, run on `optimus` ------------------------------
 
@@ -155,7 +155,7 @@ def test_decoder_equals_hugging_face_gpt2_with_the_memory_as_past_and_the_embedd
     N, L, H = ids.shape[0], model.backbone.n_layer, model.backbone.n_head
     m = model.latent_to_memory(z[:, 0]).view(N, L, H, 1, -1)
     past = DynamicCache(ddp_cache_data=[(m[:, layer], m[:, layer]) for layer in range(L)])
-    gpt2 = model.backbone.gpt2
+    gpt2 = hf_gpt2(model.backbone)
     embeds = gpt2.wte(ids) + model.latent_to_embedding(z[:, 0])[:, None]
     hidden = gpt2(inputs_embeds=embeds, cache=past, attention_mask=torch.ones(N, ids.shape[1] + 1),
                   use_cache=True).last_hidden_state

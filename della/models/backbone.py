@@ -1,8 +1,11 @@
 """The shared GPT-2 Transformer, run as encoder (bidirectional) or decoder (causal).
 
-The weights are Hugging Face's `GPT2Model` (so a pretrained GPT-2 loads by name or local dir),
-but the forward pass is ours: every latent-injection paradigm needs a different hook into it,
-and the encoder pass needs a bidirectional mask that HF's mask builders no longer offer.
+`GPT2` holds the weights under Hugging Face `GPT2Model`'s names and layout and initialises them as
+it does, draw for draw, so a pretrained GPT-2 loads by name or local dir (through transformers) and
+a seed gives the weights it gave. The module is ours because the forward pass is: every latent-
+injection paradigm needs a different hook into it, the encoder pass a bidirectional mask that HF's
+mask builders no longer offer, and a job that trains or evaluates on it then imports torch alone
+(transformers' modelling stack takes about 4 s more to import, in every such job of the DAG).
 
 Hooks a decoder pass accepts (all optional, see `Injection`):
 - `embed`:  (N, d) added to every input embedding (Embedding paradigm);
@@ -13,8 +16,10 @@ Hooks a decoder pass accepts (all optional, see `Injection`):
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +27,137 @@ from torch import nn
 
 from della.config import BackboneConfig
 
-if TYPE_CHECKING:  # transformers is imported where a backbone is built: a DAG parse needs none
-    from transformers import GPT2Model
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's: exactly the tanh approximation
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+@dataclass
+class GPT2Config:
+    """The shape of a GPT-2, under the keys of Hugging Face's `GPT2Config` (so `to_dict()` loads there)."""
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None  # MLP width; None: 4 * n_embd
+    activation_function: str = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    bos_token_id: int | None = 50256
+    eos_token_id: int | None = 50256
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.activation_function not in ACTIVATIONS:
+            raise ValueError(f"activation_function {self.activation_function!r} is not one of {sorted(ACTIVATIONS)}")
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "GPT2Config":
+        """From an HF GPT-2 config dict (a checkpoint's, or config.json): its other keys are HF's bookkeeping,
+        except cross-attention, which this decoder does not have."""
+        if config.get("add_cross_attention"):
+            raise ValueError("a GPT-2 with cross-attention (add_cross_attention) is not supported")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": "gpt2", **dataclasses.asdict(self)}
+
+
+class Conv1D(nn.Module):
+    """GPT-2's linear layer: weight (in, out), y = bias + x @ weight."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+        nn.init.normal_(self.weight, std=0.02)  # overwritten by GPT2's init; drawn as HF's Conv1D draws it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
+
+
+class GPT2Attention(nn.Module):
+    def __init__(self, config: GPT2Config, layer_idx: int):
+        super().__init__()
+        d = config.n_embd
+        self.c_attn = Conv1D(d, 3 * d)
+        self.c_proj = Conv1D(d, d)
+        self.attn_dropout = nn.Dropout(config.attn_pdrop)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.scaling = (d // config.n_head) ** -0.5 if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            self.scaling /= layer_idx + 1
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        inner = config.n_inner or 4 * config.n_embd
+        self.c_fc = Conv1D(config.n_embd, inner)
+        self.c_proj = Conv1D(inner, config.n_embd)
+        self.act = ACTIVATIONS[config.activation_function]
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(h))))
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, config: GPT2Config, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = GPT2Attention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = GPT2MLP(config)
+
+
+class GPT2(nn.Module):
+    """GPT-2's weights (the forward pass is `Backbone`'s)."""
+
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([GPT2Block(config, i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2's scheme: N(0, 0.02) weights, zero biases, unit LayerNorms, and the residual
+        projections drawn again at std 0.02 / sqrt(2 n_layer). The order of the draws is HF's
+        (`GPT2PreTrainedModel._init_weights` over the modules, children first)."""
+        std = self.config.initializer_range
+        nn.init.normal_(self.wte.weight, std=std)
+        nn.init.normal_(self.wpe.weight, std=std)
+        for block in self.h:
+            for sublayer in (block.attn, block.mlp):
+                for linear in sublayer.children():
+                    if isinstance(linear, Conv1D):
+                        nn.init.normal_(linear.weight, std=std)
+                        nn.init.zeros_(linear.bias)
+                nn.init.normal_(sublayer.c_proj.weight, std=std / math.sqrt(2 * self.config.n_layer))
+            for norm in (block.ln_1, block.ln_2):
+                nn.init.ones_(norm.weight)
+                nn.init.zeros_(norm.bias)
+        nn.init.ones_(self.ln_f.weight)
+        nn.init.zeros_(self.ln_f.bias)
 
 
 def can_inspect(t: torch.Tensor) -> bool:
@@ -51,39 +185,29 @@ class BackboneOutput:
 
 
 class Backbone(nn.Module):
-    def __init__(self, gpt2: GPT2Model):
+    def __init__(self, gpt2: GPT2):
         super().__init__()
         self.gpt2 = gpt2
         cfg = gpt2.config
         self.n_layer, self.n_embd, self.n_head = cfg.n_layer, cfg.n_embd, cfg.n_head
         self.n_positions = cfg.n_positions
-        self.fused_gelu = cfg.activation_function == "gelu_new"
 
     @classmethod
     def build(cls, cfg: BackboneConfig, vocab_size: int, **special_ids: int) -> "Backbone":
         """special_ids: bos_token_id, eos_token_id, pad_token_id of the tokenizer."""
-        from transformers import GPT2Config, GPT2Model
-
         if cfg.pretrained:
-            gpt2 = GPT2Model.from_pretrained(cfg.pretrained, attn_implementation="sdpa")
-            if gpt2.config.vocab_size != vocab_size:
-                gpt2.resize_token_embeddings(vocab_size)
-            gpt2.config.update(special_ids)
-        else:
-            if cfg.n_embd % cfg.n_head:
-                raise ValueError(f"backbone.n_embd ({cfg.n_embd}) must be divisible by backbone.n_head ({cfg.n_head})")
-            config = GPT2Config(vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd,
-                                n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=cfg.dropout,
-                                embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, **special_ids)
-            gpt2 = GPT2Model(config)
-        return cls(gpt2)
+            return cls(load_pretrained(cfg.pretrained, vocab_size, special_ids))
+        if cfg.n_embd % cfg.n_head:
+            raise ValueError(f"backbone.n_embd ({cfg.n_embd}) must be divisible by backbone.n_head ({cfg.n_head})")
+        config = GPT2Config(vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd,
+                            n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=cfg.dropout,
+                            embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, **special_ids)
+        return cls(GPT2(config))
 
     @classmethod
     def from_config(cls, config: dict) -> "Backbone":
-        """The exact shape of a saved backbone (its HF config as a dict); the weights are loaded after."""
-        from transformers import GPT2Config, GPT2Model
-
-        return cls(GPT2Model(GPT2Config.from_dict(config)))
+        """The exact shape of a saved backbone (its HF-style config dict); the weights are loaded after."""
+        return cls(GPT2(GPT2Config.from_dict(config)))
 
     @property
     def wte(self) -> nn.Embedding:
@@ -114,7 +238,7 @@ class Backbone(nn.Module):
             a, kv = self._attention(block.attn, block.ln_1(x), mask, is_causal, layer_cache, memory,
                                     inject.qkv.get(i))
             x = x + a
-            x = x + self._mlp(block.mlp, block.ln_2(x))
+            x = x + block.mlp(block.ln_2(x))
             if return_layers:
                 layers.append(x)
             if new_cache is not None:
@@ -142,11 +266,6 @@ class Backbone(nn.Module):
             allowed = torch.cat([ones, allowed], dim=-1)
         return allowed, False
 
-    def _mlp(self, mlp, h):
-        if self.fused_gelu:  # gelu_new is exactly the tanh approximation; one fused kernel
-            return mlp.dropout(mlp.c_proj(F.gelu(mlp.c_fc(h), approximate="tanh")))
-        return mlp(h)
-
     def _attention(self, attn, h, mask, is_causal, layer_cache, memory, qkv_fn):
         N, T, d = h.shape
         H, hd = self.n_head, d // self.n_head
@@ -164,3 +283,17 @@ class Backbone(nn.Module):
                                            scale=attn.scaling)
         y = y.transpose(1, 2).reshape(N, T, d)
         return attn.resid_dropout(attn.c_proj(y)), kv
+
+
+def load_pretrained(name_or_dir: str, vocab_size: int, special_ids: dict[str, int]) -> GPT2:
+    """A pretrained GPT-2 (HF name or local dir, loaded by transformers), its embeddings resized to
+    `vocab_size` if they differ (the new rows drawn by transformers)."""
+    from transformers import GPT2Model
+
+    hf = GPT2Model.from_pretrained(name_or_dir)
+    if hf.config.vocab_size != vocab_size:
+        hf.resize_token_embeddings(vocab_size)
+    with torch.device("meta"):  # no memory and no random draws for weights about to be replaced
+        gpt2 = GPT2(GPT2Config.from_dict({**hf.config.to_dict(), **special_ids}))
+    gpt2.load_state_dict(hf.state_dict(), strict=True, assign=True)
+    return gpt2
