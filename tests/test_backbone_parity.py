@@ -1,12 +1,15 @@
-"""Known answer: with no latent injected, our GPT-2 decoder pass equals Hugging Face's own."""
+"""Known answers from transformers' own GPT-2: with no latent injected our decoder pass equals its
+pass, a seed gives its initial weights, and its configs and pretrained directories load."""
 
 from __future__ import annotations
+
+import pickle
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2Model
 
-from della.models.backbone import GPT2, load_pretrained
+from della.models.backbone import GPT2, Backbone, load_pretrained
 from della.models.backbone import GPT2Config as OurConfig
 from tests.conftest import hf_gpt2, random_batch, tiny_model
 
@@ -43,15 +46,35 @@ def test_a_seed_gives_the_weights_and_random_stream_of_transformers_gpt2model(sh
     assert torch.equal(ours_next, hf_next)
 
 
+@torch.no_grad()
+def test_the_optional_shape_keys_change_our_pass_as_they_change_transformers():
+    shape = {**SHAPES[1], "activation_function": "relu", "scale_attn_by_inverse_layer_idx": True}
+    backbone = Backbone(GPT2(OurConfig(**shape))).eval()
+    ids = torch.randint(0, shape["vocab_size"], (2, 6), generator=torch.Generator().manual_seed(0))
+    expected = hf_gpt2(backbone)(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(backbone(ids, causal=True).hidden, expected, atol=1e-5, rtol=0)
+
+
 def test_the_config_round_trips_through_transformers_and_old_checkpoints_load():
     ours = OurConfig(**SHAPES[1], pad_token_id=3)
     assert OurConfig.from_dict(GPT2Config.from_dict(ours.to_dict()).to_dict()) == ours
     old = GPT2Config(**SHAPES[0]).to_dict()  # what checkpoints saved before GPT2 was ours
     assert OurConfig.from_dict(old) == OurConfig(**SHAPES[0])
+    aliased = {"hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 3, "max_position_embeddings": 16}
+    assert OurConfig.from_dict({"vocab_size": 50, **aliased}) == OurConfig(**SHAPES[0])
+    with pytest.raises(ValueError, match="model_type 'bart'"):
+        OurConfig.from_dict({**old, "model_type": "bart"})
     with pytest.raises(ValueError, match="cross-attention"):
         OurConfig.from_dict({**old, "add_cross_attention": True})
     with pytest.raises(ValueError, match="activation_function 'swish2'"):
         OurConfig(activation_function="swish2")
+
+
+def test_a_model_pickles():
+    """torch.save(model) and spawned processes pickle the module (activations included)."""
+    model = GPT2(OurConfig(**SHAPES[0]))
+    copy = pickle.loads(pickle.dumps(model))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), copy.state_dict().values()))
 
 
 def test_a_pretrained_directory_loads_its_weights_resized_to_the_vocab(tmp_path):

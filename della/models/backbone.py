@@ -4,8 +4,9 @@
 it does, draw for draw, so a pretrained GPT-2 loads by name or local dir (through transformers) and
 a seed gives the weights it gave. The module is ours because the forward pass is: every latent-
 injection paradigm needs a different hook into it, the encoder pass a bidirectional mask that HF's
-mask builders no longer offer, and a job that trains or evaluates on it then imports torch alone
-(transformers' modelling stack takes about 4 s more to import, in every such job of the DAG).
+mask builders no longer offer, and a job that trains or evaluates a GPT-2 model built from a config
+then imports torch alone (transformers' modelling stack takes about 3 s more to import, in every
+such job of the DAG; Optimus's BERT encoder and the BART models still need it).
 
 Hooks a decoder pass accepts (all optional, see `Injection`):
 - `embed`:  (N, d) added to every input embedding (Embedding paradigm);
@@ -27,13 +28,21 @@ from torch import nn
 
 from della.config import BackboneConfig
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's: exactly the tanh approximation
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {  # functions, so a model pickles
+    "gelu_new": gelu_tanh,  # GPT-2's: exactly the tanh approximation
+    "gelu_pytorch_tanh": gelu_tanh,
     "gelu": F.gelu,
     "relu": F.relu,
     "silu": F.silu,
 }
+
+
+HF_ALIASES = {"hidden_size": "n_embd", "num_attention_heads": "n_head", "num_hidden_layers": "n_layer",
+              "max_position_embeddings": "n_positions"}  # transformers' GPT2Config.attribute_map
 
 
 @dataclass
@@ -66,10 +75,14 @@ class GPT2Config:
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "GPT2Config":
-        """From an HF GPT-2 config dict (a checkpoint's, or config.json): its other keys are HF's bookkeeping,
-        except cross-attention, which this decoder does not have."""
+        """From an HF GPT-2 config dict (a checkpoint's, or config.json), HF's generic names for the shape
+        accepted too: its other keys are HF's bookkeeping, except cross-attention, which this decoder
+        does not have."""
+        if config.get("model_type", "gpt2") != "gpt2":
+            raise ValueError(f"not a GPT-2 config: model_type {config['model_type']!r}")
         if config.get("add_cross_attention"):
             raise ValueError("a GPT-2 with cross-attention (add_cross_attention) is not supported")
+        config = {HF_ALIASES.get(k, k): v for k, v in config.items()}
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in config.items() if k in names})
 
@@ -140,8 +153,8 @@ class GPT2(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """GPT-2's scheme: N(0, 0.02) weights, zero biases, unit LayerNorms, and the residual
-        projections drawn again at std 0.02 / sqrt(2 n_layer). The order of the draws is HF's
+        """GPT-2's scheme: N(0, initializer_range) weights, zero biases, unit LayerNorms, and the
+        residual projections drawn again at std initializer_range / sqrt(2 n_layer). The order of the draws is HF's
         (`GPT2PreTrainedModel._init_weights` over the modules, children first)."""
         std = self.config.initializer_range
         nn.init.normal_(self.wte.weight, std=std)
