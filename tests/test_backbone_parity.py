@@ -85,5 +85,10 @@ def test_a_pretrained_directory_loads_its_weights_resized_to_the_vocab(tmp_path)
     assert same.config.pad_token_id == 7
     assert all(torch.equal(same.state_dict()[k], saved[k]) for k in saved)
     assert all(p.requires_grad and p.device.type == "cpu" for p in same.parameters())
-    grown = load_pretrained(str(tmp_path), 53, {})
+    torch.manual_seed(1)
+    grown, grown_next = load_pretrained(str(tmp_path), 53, {}), torch.rand(4)
     assert grown.wte.weight.shape == (53, 32) and torch.equal(grown.wte.weight[:50], saved["wte.weight"])
+    torch.manual_seed(1)  # transformers' own load and resize: the same new rows, the same draws after
+    hf = GPT2Model.from_pretrained(tmp_path)
+    hf.resize_token_embeddings(53)
+    assert torch.equal(grown.wte.weight, hf.wte.weight) and torch.equal(grown_next, torch.rand(4))
