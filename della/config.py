@@ -161,7 +161,7 @@ class RunConfig:
     def resolved_model_args(self) -> dict[str, Any]:
         """Every field of the model's config dataclass, defaults included, so that a changed default
         in the code changes the recipe too."""
-        return dataclasses.asdict(MODELS.get(self.model).config_class(**self.model_args))
+        return dataclasses.asdict(MODELS.get(self.model).make_config(self.model_args, f"model_args of {self.model!r}"))
 
     def training_recipe(self) -> dict[str, Any]:
         """The config keys that determine the trained weights (the fingerprint adds file checksums)."""

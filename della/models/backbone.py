@@ -210,8 +210,6 @@ class Backbone(nn.Module):
         """special_ids: bos_token_id, eos_token_id, pad_token_id of the tokenizer."""
         if cfg.pretrained:
             return cls(load_pretrained(cfg.pretrained, vocab_size, special_ids))
-        if cfg.n_embd % cfg.n_head:
-            raise ValueError(f"backbone.n_embd ({cfg.n_embd}) must be divisible by backbone.n_head ({cfg.n_head})")
         config = GPT2Config(vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd,
                             n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=cfg.dropout,
                             embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, **special_ids)
