@@ -32,7 +32,7 @@ import io
 import logging
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -81,11 +81,22 @@ CONVENTIONS: dict[str, dict[str, str]] = {
     "summed": {},
     "official": {"iw_ppl": "iw_ppl_official", "neg_elbo": "neg_elbo_layer_mean", "kl": "kl_layer_mean"},
 }
+CONVENTION_REMARKS = {
+    "summed": "PPL, ELBO and KL: the hierarchical estimator and the KL summed over latent layers (a bound on "
+              "log p(x)); the paper's numbers use the official code's convention (`convention: official`).",
+    "official": "PPL, ELBO and KL in the official DELLA code's convention, that of the paper's numbers: "
+                "means over latent layers, <s> counted as a word.",
+}
 # Table name -> the paper's tables with its columns (della/paper/<name>.csv, see its README.md).
 PAPER_TABLES = {"table1": ["table1", "table8"], "table8": ["table8"], "table2": ["table2"], "table9": ["table9"]}
 PAPER_DIR = Path(__file__).parent / "paper"
 PAPER_CITATION = "Hu et al. (2022)"
+PAPER_CONVENTION = "official"  # of the paper's printed PPL, ELBO and KL: a paper row shows them in no other
+# The paper's columns that no column of ours measures, so paper rows leave them out, and why.
+PAPER_ONLY = {"cnd": "The paper's CND is not shown: its recipe is unknown here and is not CND*'s "
+                     "(metrics/cnd.py; the paper's values exceed CND*'s bound ln 2)."}
 PAPER_DATASETS = ("Yelp", "Yahoo", "PTB", "SNLI", "WP", "CNN/DM", "Quora")  # as the paper spells them
+PAPER_TITLES = {"WP": "WritingPrompts"}  # a block title the paper spells out (Table 2)
 DATASET_ALIASES = {"cnndm": "CNN/DM", "cnn_dailymail": "CNN/DM", "writingprompts": "WP"}  # names without "/"
 
 # ---------------------------------------------------------------------------------------------
@@ -400,6 +411,17 @@ def metric_infos(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, Metri
     return infos
 
 
+def paper_labels(infos: dict[str, MetricInfo], rows: list[dict[str, Any]],
+                 column: dict[str, str]) -> dict[str, MetricInfo]:
+    """A convention's PPL, ELBO and KL columns under the paper's names (those of the summed keys);
+    a remark states the convention."""
+    plain, out = metric_infos(rows, list(column)), dict(infos)
+    for summed, key in column.items():
+        if key in out and plain[summed].known:
+            out[key] = replace(out[key], label=plain[summed].label)
+    return out
+
+
 def _order(requested: str | None, rows: list[dict[str, Any]], column: str) -> list[str]:
     if requested:
         return [x.strip() for x in requested.split(",") if x.strip()]
@@ -441,7 +463,7 @@ def dataset_title(dataset: str, paper_names: Iterable[str]) -> str:
     else capitalized."""
     dataset = DATASET_ALIASES.get(dataset.lower(), dataset)
     same = [p for p in (*paper_names, *PAPER_DATASETS) if p.lower() == dataset.lower()]
-    return same[0] if same else dataset[:1].upper() + dataset[1:]
+    return PAPER_TITLES.get(same[0], same[0]) if same else dataset[:1].upper() + dataset[1:]
 
 
 def paper_dataset(dataset: str, options: TableOptions, known: set[str]) -> str | None:
@@ -510,8 +532,8 @@ def paper_remark(block: Block, name: str | None, paper: dict[tuple[str, str, str
         return f"{block.title}: the paper has no row for these models on {name}."
     tables = ", ".join(dict.fromkeys(v.source.split(",")[0] for v in shown))
     notes = "; ".join(dict.fromkeys(v.note for v in shown if v.note))
-    return (f"{block.title}: paper rows from {PAPER_CITATION}, {tables}, Dataset: {name}, in this table's "
-            f"units" + (f" ({notes})" if notes else "") + ".")
+    return (f"{block.title}: paper rows from {PAPER_CITATION}, {tables}, Dataset: {PAPER_TITLES.get(name, name)}, "
+            "in this table's units" + (f" ({notes})" if notes else "") + ".")
 
 
 @dataclass(frozen=True)
@@ -612,11 +634,17 @@ def prepare_rendering(rows: list[dict[str, Any]], table: str, datasets: list[str
     if unknown:
         raise ValueError(f"--datasets: no rows for {unknown} in the summary")
     rows = [r for r in rows if r["dataset"] in datasets and (r["model"] in models or r["model"] in REFERENCES)]
-    infos = metric_infos(rows, keys)
-    paper = {(d, m, column.get(k, k)): v for (d, m, k), v in paper_values(table).items()}
-    if options.paper and not paper:
+    infos = paper_labels(metric_infos(rows, keys), rows, column)
+    printed = paper_values(table)
+    if options.paper and not printed:
         raise ValueError(f"--paper: the paper has no table with the columns of {table!r}")
+    in_paper_convention = CONVENTIONS[PAPER_CONVENTION]
+    paper = {(d, m, in_paper_convention.get(k, k)): v for (d, m, k), v in printed.items() if k not in PAPER_ONLY}
     blocks, remarks = build_blocks(rows, datasets, models, infos, options, paper)
+    if any(column.get(k, k) in keys for k in in_paper_convention):  # a PPL, ELBO or KL column
+        remarks.append(CONVENTION_REMARKS[options.convention])
+    if options.paper:
+        remarks += [PAPER_ONLY[k] for k in sorted({k for _, _, k in printed} & set(PAPER_ONLY)) if k in keys]
     notes: dict[str, str] = {}
     note_texts: list[tuple[str, str]] = []
     for key in keys:
@@ -670,6 +698,9 @@ def render_markdown(r: Rendering) -> str:
                          + (f" ({r.notes[k]})" if k in r.notes else "") for k in r.keys]
     out = ["| " + " | ".join(heads) + " |",
            "|" + "|".join(["---"] + ["---:" if r.numeric(k) else "---" for k in r.keys]) + "|"]
+    if r.titled:  # Markdown has one header row: the group titles open the body, over their first column
+        titles = [f"*{title}*" if title and i == 0 else "" for title, keys in r.groups for i in range(len(keys))]
+        out.append("| " + " | ".join([""] + titles) + " |")
     for block in r.blocks:
         out.append("| " + " | ".join([f"**{_markdown_escape(block.title)}**"] + [""] * len(r.keys)) + " |")
         for row in block.rows:

@@ -11,7 +11,7 @@ import pytest
 import metrics.registry as metric_registry
 from della.cli import main
 from della.cost import COST_METRICS
-from della.tables import (NBSP, PAPER_TABLES, SUMMARY_COLUMNS, TABLES, collect, read_paper, read_summary,
+from della.tables import (CONVENTION_REMARKS, NBSP, PAPER_ONLY, PAPER_TABLES, SUMMARY_COLUMNS, TABLES, collect, read_paper, read_summary,
                           run_path_parts)
 
 
@@ -93,7 +93,8 @@ def blocks_of(md: str) -> dict[tuple[str, str], list[str]]:
         if cells[0].startswith("**Dataset: "):
             title = cells[0].strip("*")
             continue
-        out[title, cells[0]] = cells[1:]
+        if cells[0]:  # not the row of group titles
+            out[title, cells[0]] = cells[1:]
     return out
 
 
@@ -130,6 +131,9 @@ def test_paper_layout_a_block_per_dataset_with_the_paper_spelling_and_column_gro
     assert [m for t, m in blocks_of(md) if t == "Dataset: PTB"] == ["gpt2", "embed", "della"]
     for group in ("Representation Learning", "Generation Quality", "Generation Diversity"):
         assert f"{{{group}}}" in tex and f">{group}</th>" in page
+    # Markdown: the group titles open the body, each over its group's first column
+    assert md.splitlines()[2] == ("|  | *Representation Learning* |  |  |  |  | *Generation Quality* |  |  "
+                                  "| *Generation Diversity* |  |  |")
     assert r"\multicolumn{5}{c}{Representation Learning}" in tex and r"\cmidrule(lr){2-6}" in tex
     assert r"\multicolumn{12}{l}{\textit{Dataset: Yahoo}} \\" in tex
     assert tex.count(r"\midrule") == 2  # header rule + one between the two dataset blocks
@@ -235,18 +239,23 @@ def test_paper_rows_under_each_model_in_our_units_and_never_bold(tmp_path):
     files = []
     for dataset in ("ptb", "synthetic"):
         for model, ppl, js in (("gpt2", 30.0, 0.5), ("della", 20.0, 0.4)):
-            files.append(write_run(tmp_path, dataset, model, 0, "eval", {"iw_ppl": entry(ppl, False, "PPL")}))
+            files.append(write_run(tmp_path, dataset, model, 0, "eval", {
+                "iw_ppl": entry(ppl + 1, False, "PPL"), "iw_ppl_official": entry(ppl, False, "PPL (official)")}))
             files.append(write_run(tmp_path, dataset, model, 0, "metrics", {
                 "js": entry(js, False, "JS", display_scale=100), "bleu": entry(0.2, True, "BLEU", display_scale=100)}))
     tables = render(tmp_path, files, "--models", "gpt2,della", "--label", "gpt2=GPT-2", "--label",
-                    "della=DELLA (official code)", "--paper-model", "della=DELLA", "--paper")
+                    "della=DELLA (official code)", "--paper-model", "della=DELLA", "--paper",
+                    "--convention", "official")
     md = tables["md"]
+    assert md.startswith("| Model | PPL ↓")  # the paper's column name; a remark states the convention
+    assert CONVENTION_REMARKS["official"] in md
     ptb = {(i, row[0]): dict(zip(COLUMNS, row[1:])) for i, row in enumerate(block_rows(md, "Dataset: PTB"))}
     assert [label for _, label in ptb] == ["GPT-2", "↳ *paper*", "DELLA (official code)", "↳ *paper*"]
     ptb = list(ptb.values())
     # Table 8, PTB: GPT-2 PPL 25.80, BLEU 27.91 and JS 0.30 (both printed in percent, as our columns)
     assert ptb[1]["iw_ppl"] == "25.80" and ptb[1]["bleu"] == "27.91"
     assert ptb[1]["js"] == "0.30" and ptb[1]["kl"] == "–"
+    assert ptb[1]["cnd"] == "–" and PAPER_ONLY["cnd"] in md  # the paper's CND (1.12) is not our CND*
     assert ptb[1]["self_bleu"] == "41.55"  # a column none of our rows has: as printed
     assert ptb[3]["iw_ppl"] == "10.28"  # DELLA, better than ours, not bold
     assert ptb[2]["iw_ppl"] == "**20.00**"
@@ -258,9 +267,9 @@ def test_paper_rows_under_each_model_in_our_units_and_never_bold(tmp_path):
 
 @pytest.mark.parametrize("convention, shown", [("summed", ("20.00", "100.00", "48.00")),
                                                 ("official", ("15.00", "60.00", "4.00"))])
-def test_the_convention_picks_the_ppl_elbo_kl_keys_and_the_paper_row_follows(tmp_path, convention, shown):
-    """`official` shows the layer-mean keys (the convention of the paper's printed numbers) under their
-    own labels, with the paper's PPL, ELBO and KL in those columns."""
+def test_the_convention_picks_the_ppl_elbo_kl_keys_and_only_official_shows_the_papers(tmp_path, convention, shown):
+    """`official` shows the layer-mean keys (the convention of the paper's printed numbers) under the
+    paper's labels, with the paper's PPL, ELBO and KL beside them; `summed` leaves those out."""
     values = {"iw_ppl": 20.0, "iw_ppl_official": 15.0, "neg_elbo": 100.0, "neg_elbo_layer_mean": 60.0,
               "kl": 48.0, "kl_layer_mean": 4.0}
     labels = {"iw_ppl_official": "PPL (official)", "neg_elbo_layer_mean": "ELBO (layer-mean)",
@@ -268,12 +277,13 @@ def test_the_convention_picks_the_ppl_elbo_kl_keys_and_the_paper_row_follows(tmp
     files = [write_run(tmp_path, "ptb", "della", 0, "eval", {
         key: entry(value, key.startswith("kl"), labels.get(key, key)) for key, value in values.items()})]
     md = render(tmp_path, files, "--paper", "--label", "della=DELLA", "--convention", convention)["md"]
-    header = md.splitlines()[0].split(" | ")[1:4]
-    assert header[2].startswith("KL (layer-mean)" if convention == "official" else "kl ↑")
+    assert md.splitlines()[0].split(" | ")[1:4] == ["iw_ppl ↓", "neg_elbo ↓", "kl ↑"]
+    assert CONVENTION_REMARKS[convention] in md
     ours, paper = block_rows(md, "Dataset: PTB")
     assert tuple(ours[1:4]) == shown
     printed = read_paper("table8")
-    assert tuple(paper[1:4]) == tuple(f"{printed['PTB', 'DELLA', k].printed:.2f}" for k in ("iw_ppl", "neg_elbo", "kl"))
+    expected = tuple(f"{printed['PTB', 'DELLA', k].printed:.2f}" for k in ("iw_ppl", "neg_elbo", "kl"))
+    assert tuple(paper[1:4]) == (expected if convention == "official" else ("–",) * 3)
 
 
 def block_rows(md: str, title: str) -> list[list[str]]:
@@ -285,7 +295,7 @@ def block_rows(md: str, title: str) -> list[list[str]]:
         cells = [c.strip().replace(NBSP, " ") for c in line.strip("|").split("|")]
         if cells[0].startswith("**Dataset: "):
             current = cells[0].strip("*")
-        elif current == title:
+        elif current == title and cells[0]:  # not the row of group titles
             rows.append(cells)
     return rows
 
@@ -496,7 +506,7 @@ def test_table2_has_the_papers_column_groups_rows_and_best(tmp_path):
     assert r"\multicolumn{5}{c}{Quality} & \multicolumn{3}{c}{Diversity} & \multicolumn{2}{c}{} \\" in tex
     assert r"\cmidrule(lr){2-6} \cmidrule(lr){7-9}" + "\n" in tex  # no rule under the untitled KL, AU
     assert '<th colspan="5">Quality</th><th colspan="3">Diversity</th><th colspan="2"></th>' in page
-    wp = dict(keyed_rows(md, "Dataset: WP", "table2"))  # the paper's spelling of `wp`
+    wp = dict(keyed_rows(md, "Dataset: WritingPrompts", "table2"))  # the paper's title of `wp`
     assert list(wp) == ["GPT-2", "BART-base", "Embed", "DELLA"]
     assert wp["DELLA"]["bleu"] == "**35.00**" and wp["Embed"]["rouge1"] == "**30.00**"
     assert wp["DELLA"]["self_bleu"] == "**45.00**" and wp["GPT-2"]["js"] == "**0.50**"  # lower is better
@@ -510,19 +520,21 @@ def test_table2_paper_rows_under_the_models_the_paper_reports(tmp_path):
     md = render(tmp_path, conditional_files(tmp_path, ["wp", "cnndm"]), "--models", "gpt2,bart,embed,della",
                 *LABELS, "--paper", "--paper-dataset", "wp=WP", "--paper-dataset", "cnndm=CNN/DM",
                 "--paper-model", "bart=Bart-base", table="table2")["md"]
-    wp = keyed_rows(md, "Dataset: WP", "table2")
+    wp = keyed_rows(md, "Dataset: WritingPrompts", "table2")
     assert [label for label, _ in wp] == ["GPT-2", "↳ *paper*", "BART-base", "Embed", "↳ *paper*",
                                           "DELLA", "↳ *paper*"]
     gpt2, della = wp[1][1], wp[6][1]
     # Table 2, WritingPrompts: GPT-2 BLEU 27.89 and JS 0.51 (both printed in percent, as ours), KL "-"
     assert (gpt2["bleu"], gpt2["bertscore"], gpt2["js"], gpt2["kl"]) == ("27.89", "78.12", "0.51", "–")
-    assert (della["rougeL"], della["kl"], della["au"]) == ("17.20", "28.14", "8.00")  # never bold
+    assert (della["rougeL"], della["au"]) == ("17.20", "8.00")  # never bold
+    assert della["kl"] == "–"  # the paper's KL (28.14) is a layer mean: shown under `--convention official`
     cnndm = keyed_rows(md, "Dataset: CNN/DM", "table2")
     assert [label for label, _ in cnndm][:3] == ["GPT-2", "BART-base", "↳ *paper*"]
     assert cnndm[2][1]["bleu"] == "48.74" and cnndm[2][1]["au"] == "–"
     assert "Dataset: CNN/DM: paper rows from Hu et al. (2022), Table 2, Dataset: CNN/DM" in md
     # the paper's model named by the row label alone (no --paper-model) counts too
-    assert ("Dataset: WP: paper rows from Hu et al. (2022), Table 2, Dataset: WP, in this table's units "
+    assert ("Dataset: WritingPrompts: paper rows from Hu et al. (2022), Table 2, Dataset: WritingPrompts, "
+            "in this table's units "
             "(WP: the abbreviation of §5.1 for WritingPrompts).") in md
 
 
@@ -540,7 +552,7 @@ def test_table9_has_no_group_titles_and_the_papers_quora_rows(tmp_path):
     assert quora[4][1]["bleu"] == "**62.00**" and quora[0][1]["kl"] == "–"
     assert quora[1][1]["bleu"] == "64.34" and quora[1][1]["kl"] == "–"  # Bart-base: "-" in the paper
     assert quora[3][1]["rouge2"] == "39.18"  # printed "Mem"
-    assert quora[5][1]["kl"] == "3.88" and quora[5][1]["bertscore"] == "94.84"
+    assert quora[5][1]["kl"] == "–" and quora[5][1]["bertscore"] == "94.84"  # KL: a layer mean (official)
 
 
 # how Tables 2 and 9 head each of our columns, and its unit: printed = stored value x scale
@@ -596,7 +608,7 @@ def test_dataset_models_keep_only_the_rows_run_on_each_dataset(tmp_path):
     md = render(tmp_path, conditional_files(tmp_path, ["wp", "cnndm"]), "--models", "gpt2,bart,embed,della",
                 *LABELS, "--dataset-models", "wp=della,gpt2,embed", "--dataset-models", "cnndm=bart,embed,della",
                 table="table2")["md"]
-    assert [label for label, _ in keyed_rows(md, "Dataset: WP", "table2")] == ["GPT-2", "Embed", "DELLA"]
+    assert [label for label, _ in keyed_rows(md, "Dataset: WritingPrompts", "table2")] == ["GPT-2", "Embed", "DELLA"]
     assert [label for label, _ in keyed_rows(md, "Dataset: CNN/DM", "table2")] == ["BART-base", "Embed", "DELLA"]
     with pytest.raises(SystemExit):  # the CLI names the flag and exits 2
         render(tmp_path, conditional_files(tmp_path, ["wp"]), "--dataset-models", "wp", table="table2")
