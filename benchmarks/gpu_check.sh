@@ -43,7 +43,8 @@ section environment 20 bash -c 'nvidia-smi -L 2>/dev/null || echo "no nvidia-smi
     \"cuda\", torch.cuda.is_available(), torch.cuda.device_count(), \"bf16\", torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     \"tf32\", torch.backends.cuda.matmul.allow_tf32, \"nccl\", torch.distributed.is_nccl_available())"'
 section tests 180 python3 -m pytest -q -rs -p no:cacheprovider tests/test_precision.py tests/test_ddp_cuda.py \
-  tests/test_flops.py tests/test_speed_switches.py -k "not test_speed_switches or compiled_training"
+  tests/test_flops.py tests/test_speed_switches.py tests/test_device_placement.py \
+  -k "not test_speed_switches or compiled_training"
 if [ -n "$QUICK" ]; then SIZES=c,a; STEPS=2; else SIZES=c,b32,b,a; STEPS=20; fi
 section benchmark 150 python3 benchmarks/train_speed.py --device "$DEVICE" --threads "$THREADS" --sizes "$SIZES" \
   --precisions fp32,bf16 --steps "$STEPS" --warmup 3 $QUICK

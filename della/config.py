@@ -72,7 +72,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     log_every: int = 1  # optimizer steps between JSONL log lines
     resume: str = "auto"  # auto | never | weights-only: what a rerun takes from checkpoint/ (README "Resuming")
-    precision: str = "fp32"  # fp32 | bf16: autocast of the forward; densities, KL and log-sum-exp stay fp32
+    precision: str = "fp32"  # fp32 | bf16: autocast of the forward; z, densities, KL and log-sum-exp stay fp32
     fused_adam: bool | str = "auto"  # auto: the fused AdamW kernel on CUDA and the CPU, the plain one elsewhere
     compile: bool | str = False  # torch.compile the trained model; reduce-overhead: + CUDA graphs (on CUDA)
     pad_to_multiple: int = 1  # training batches' lengths padded up to a multiple: fewer shapes to compile

@@ -117,7 +117,7 @@ class MutualInformation:
 
     paired: torch.Tensor  # (N,)
     he2019: torch.Tensor  # (N,)
-    m: int  # mixture components of q̂
+    m: int  # mixture components of q̂ (of the largest block: each term is at most log m)
 
     @property
     def value(self) -> float:
@@ -147,7 +147,8 @@ def mutual_information(model: LatentModel, features: torch.Tensor, z: torch.Tens
         log_agg.append(torch.logsumexp(log_q, 1) - math.log(log_q.shape[1]))
     own, log_agg = torch.cat(own), torch.cat(log_agg)
     neg_entropy = gaussian_neg_entropy(logvar).sum(-1)  # (N,)
-    return MutualInformation(paired=own - log_agg, he2019=neg_entropy - log_agg, m=min(M, N))
+    return MutualInformation(paired=own - log_agg, he2019=neg_entropy - log_agg,
+                             m=max(b - a for a, b in zip(bounds, bounds[1:])))
 
 
 def bootstrap_stderr(terms: torch.Tensor, n_resamples: int = 1000, seed: int = 0) -> float:
@@ -164,8 +165,20 @@ def path_averaged_means(post: Posterior) -> torch.Tensor:
     return post.mean.float().mean(0)  # fp32: bf16 autocast leaves the means in bf16
 
 
-def active_units(means: torch.Tensor, delta: float) -> torch.Tensor:
-    """Per dimension: Var_x(E_q[z_d | x]) >= delta (unbiased variance, as the DELLA code).
-    means (N, G, p) -> bool (G, p)."""
+def path_mean_noise(post: Posterior) -> torch.Tensor:
+    """(B, G, p): the variance of each path-averaged mean around E_q[z | x], Var_paths(mu) / K
+    (unbiased; zero for K = 1, where it cannot be estimated, and on a single latent's exact means)."""
+    means = post.mean.float()
+    K = means.shape[0]
+    return means.var(0, unbiased=True) / K if K > 1 else torch.zeros_like(means[0])
+
+
+def active_units(means: torch.Tensor, delta: float, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Per dimension: Var_x(E_q[z_d | x]) >= delta. means (N, G, p), each a path average of K draws;
+    noise (N, G, p), their variance around E_q[z | x] (`path_mean_noise`): its mean over x, which
+    the variance of the averages adds to Var_x(E_q[z | x]), is subtracted, so the path noise of
+    DELLA's upper layers does not count as activity at any K. Unbiased variance, as the DELLA code.
+    -> bool (G, p)."""
     require_examples("au", means.shape[0])
-    return means.var(dim=0, unbiased=True) >= delta
+    variance = means.var(dim=0, unbiased=True)
+    return (variance if noise is None else variance - noise.mean(0)) >= delta

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from della.batches import collate_batch, length_sorted_batches
 from della.estimators import (TooFewExamples, active_units, bootstrap_stderr, iw_batch, iw_rows, mutual_information,
-                              path_averaged_means, require_examples)
+                              path_averaged_means, path_mean_noise, require_examples)
 from della.io import atomic_write_json
 from della.metric_spec import MetricSpec
 from della.provenance import provenance
@@ -65,14 +65,16 @@ METRICS = {
 @torch.no_grad()
 def collect(model, split, k: int, batch_size: int, device, rows_per_pass: int | str = "auto") -> dict[str, torch.Tensor]:
     """Run the IW estimator over a split; returns per-sentence tensors in split order. z, logvar
-    are the first sampled path (for MI); mean is averaged over the K paths (for AU).
+    are the first sampled path (for MI); mean is averaged over the K paths, mean_noise the variance
+    of that average (Var_paths / K; both for AU).
     rows_per_pass: evaluate.iw_rows, the sequences a decoder pass takes (della.estimators.iw_rows)."""
     n = len(split.sequences)
     # Accumulated on the device and copied to the host once: a copy per batch would stall the GPU.
     zeros = partial(torch.zeros, device=device)
     acc = {key: zeros(n) for key in ("log_marginal", "log_marginal_layer_mean", "rec_nll", "n_pred")}
     G, p, d = model.n_groups, model.latent_size, model.feature_size
-    acc.update(kl=zeros(n, G), z=zeros(n, G, p), mean=zeros(n, G, p), logvar=zeros(n, G, p), features=zeros(n, G, d))
+    acc.update(kl=zeros(n, G), z=zeros(n, G, p), mean=zeros(n, G, p), mean_noise=zeros(n, G, p), logvar=zeros(n, G, p),
+               features=zeros(n, G, d))
     batches = list(length_sorted_batches(split.sequences, batch_size))
     for idx in tqdm(batches, desc=f"evaluate (K={k})", unit="batch", mininterval=2.0):
         ids, mask, condition = collate_batch(split, idx, model.vocab.pad_id, device)
@@ -83,6 +85,7 @@ def collect(model, split, k: int, batch_size: int, device, rows_per_pass: int | 
         for key, value in (("log_marginal", est.log_marginal), ("log_marginal_layer_mean", est.log_marginal_layer_mean),
                            ("rec_nll", est.rec_nll), ("n_pred", model.predicted_mask(mask, condition).sum(1)),
                            ("kl", est.kl), ("z", post.z[0]), ("mean", path_averaged_means(post)),
+                           ("mean_noise", path_mean_noise(post)),
                            ("logvar", post.logvar[0]), ("features", est.features)):
             acc[key][rows] = value
     return {key: value.cpu() for key, value in acc.items()}
@@ -131,17 +134,17 @@ def mi_entry(model, acc: dict, mi_batch_size: int | None) -> dict:
                  "upper_bound_log_M": math.log(mi.m)})
 
 
-def au_entries(means: torch.Tensor, k: int) -> dict[str, dict]:
+def au_entries(means: torch.Tensor, noise: torch.Tensor, k: int) -> dict[str, dict]:
     _, G, p = means.shape
     out = {}
     for key, delta in AU_THRESHOLDS.items():
         try:
-            active = active_units(means, delta)
+            active = active_units(means, delta, noise)
         except TooFewExamples as err:
             out[key] = METRICS[key].entry(None, error=f"not computable: {err}")
             continue
         out[key] = METRICS[key].entry(active.sum().item() / G,
-            signature=f"delta={delta}|>=|E_q[z|x] over K={k} paths|mean count per group of {p}",
+            signature=f"delta={delta}|>=|E_q[z|x] over K={k} paths, path noise subtracted|mean count per group of {p}",
             details={"per_group": active.sum(1).tolist(), "total": int(active.sum()), "dims": G * p})
     return out
 
@@ -164,7 +167,7 @@ def representation_metrics(model, acc: dict, k: int, mi_batch_size: int | None) 
         out[f"kl{suffix}"] = METRICS[f"kl{suffix}"].entry(kl.mean().item(),
             signature=f"analytic|{over} over {G} group(s)", details={"per_group": acc["kl"].mean(0).tolist()})
     out["mi"] = mi_entry(model, acc, mi_batch_size)
-    out.update(au_entries(acc["mean"], k))
+    out.update(au_entries(acc["mean"], acc["mean_noise"], k))
     return out
 
 

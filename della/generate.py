@@ -173,7 +173,7 @@ def generate_texts(model: LatentModel, tokenizer, cfg: GenerateConfig, seed: int
     texts = []
     for start in tqdm(range(0, cfg.n_samples, cfg.batch_size), desc=f"generate ({cfg.strategy})", unit="batch"):
         n = min(cfg.batch_size, cfg.n_samples - start)
-        z = model.sample_prior(n, generator=generator).to(model.device)
+        z = model.sample_prior(n, generator=generator)
         rows = decode_rows(model, z, cfg, generator, None, None)
         texts += one_line(tokenizer.decode_batch(rows))
     return texts
@@ -197,7 +197,7 @@ def generate_continuations(model: LatentModel, tokenizer, split: EncodedSplit, c
         _, _, condition = collate_batch(split, idx, model.vocab.pad_id, model.device)
         condition = model.encode_source(condition)  # the prior and the decoder share the source's encoder pass
         prompt = torch.tensor([split.sequences[i][: split.target_starts[i]] for i in idx], device=model.device)
-        z = model.sample_prior(len(idx), generator=generator, condition=condition).to(model.device)
+        z = model.sample_prior(len(idx), generator=generator, condition=condition)
         rows = decode_rows(model, z, cfg, generator, prompt, condition)
         for i, text in zip(idx, one_line(tokenizer.decode_batch(rows))):
             texts[i] = text

@@ -59,3 +59,15 @@ def test_training_and_iw_passes_keep_every_tensor_on_the_models_device(name, bac
         estimate = iw_batch(model.eval(), ids, mask, k=2, condition=condition)
         assert estimate.log_marginal.device == META
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: a host generator is refused only by CUDA draws")
+@pytest.mark.parametrize("name", ["della", "embed"])
+def test_prior_samples_on_cuda_from_a_seeded_host_generator_equal_the_cpus(name):
+    """`generate` seeds a host generator; on a GPU the prior draws must take it and give the CPU's latents."""
+    torch.manual_seed(0)
+    model = build_model(name, {"latent_size": 4}, VOCAB, backbone_config=GPT2)
+    on_cpu = model.sample_prior(5, generator=torch.Generator().manual_seed(1))
+    on_gpu = model.cuda().sample_prior(5, generator=torch.Generator().manual_seed(1))
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu)

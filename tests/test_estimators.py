@@ -10,7 +10,8 @@ from torch.distributions import Normal, kl_divergence
 
 from della.config import ConfigError, EvalConfig
 from della.estimators import (TooFewExamples, active_units, bootstrap_stderr, gaussian_neg_entropy, iw_batch,
-                              iw_row_bytes, iw_rows, mutual_information, path_averaged_means)
+                              iw_row_bytes, iw_rows, mutual_information, path_averaged_means,
+                              path_mean_noise)
 from della.models.base import gaussian_kl, gaussian_log_density
 from tests.conftest import random_batch, tiny_model
 
@@ -130,14 +131,19 @@ def _della_with_known_means(p: int = 8):
 
 
 def test_active_units_on_path_averaged_means_of_a_model_whose_means_are_known():
+    """Layer 1: Var_x E_q[z|x] = 1, 1, 0.09 on dims 0-2; layer 2: 0 everywhere. At K = 30 the path
+    noise of layer 2's averages (variance 3.5 / K = 0.12 per dim) exceeds 0.01 unless subtracted."""
     model = _della_with_known_means()
-    features = torch.randn(300, 2, model.backbone.n_embd, generator=torch.Generator().manual_seed(0))
+    features = torch.randn(1000, 2, model.backbone.n_embd, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    post = model.sample_posterior(features, k=1000)  # path noise: variance 3.5 / K per layer-2 dim
-    averaged = path_averaged_means(post)
+    with torch.no_grad():
+        post = model.sample_posterior(features, k=30)
+    averaged, noise = path_averaged_means(post), path_mean_noise(post)
     none = [False] * 8
-    assert active_units(averaged, 0.2).tolist() == [[True, True] + [False] * 6, none]
-    assert active_units(averaged, 0.01).tolist() == [[True, True, True] + [False] * 5, none]
+    assert active_units(averaged, 0.2, noise).tolist() == [[True, True] + [False] * 6, none]
+    assert active_units(averaged, 0.01, noise).tolist() == [[True, True, True] + [False] * 5, none]
+    assert active_units(averaged, 0.01)[1, 3:].all()  # without the correction: layer 2's noise counts
+    assert torch.equal(noise[:, 0], torch.zeros(1000, 8))  # layer 1's means are exact on every path
     one_path = active_units(post.mean[0], 0.2)  # the old estimator: layer 2's path noise counts as active
     assert one_path[0].tolist() == [True, True] + [False] * 6 and one_path[1, 3:].all()
 
@@ -158,6 +164,7 @@ def test_a_last_mi_block_of_one_example_joins_the_block_before_it():
     mi = _mi(separated, torch.full((1, 2), math.log(0.01)), group_size=2)
     assert mi.paired.tolist() == pytest.approx([math.log(2)] * 2 + [math.log(3)] * 3, abs=1e-6)
     assert mi.value == pytest.approx((2 * math.log(2) + 3 * math.log(3)) / 5, abs=1e-6)
+    assert mi.m == 3  # the largest block: log M bounds every term
 
 
 class _GaussianEncoder:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from della.config import RunConfig
+from della.estimators import active_units
 from della.evaluate import PPL_CONVENTIONS, collect, evaluate, ppl_metrics, representation_metrics
 from della.metric_spec import MetricSpec
 from della.models.base import gaussian_log_density
@@ -102,19 +103,21 @@ def test_a_collapsed_della_posterior_reports_mi_zero():
     assert abs(mi["value"]) < 1e-4 and mi["stderr"] < 1e-4
 
 
-def test_au_uses_the_means_averaged_over_the_k_paths():
+def test_au_uses_the_means_averaged_over_the_k_paths_less_their_path_noise():
     """A model whose E_q[z_2 | x] is the same for every x: with one path the layer-2 means vary
-    (spurious active units), averaged over K paths they do not; layer 1's means are exact."""
+    (spurious active units); averaged over K paths, with the averages' path noise (variance
+    3.5 / K per dim, above 0.01 at K = 100) subtracted, they do not; layer 1's means are exact."""
     model = _della_with_known_means()
-    split = _split([5] * 12)
+    split = _split([5] * 200)
     torch.manual_seed(0)
-    one_path = representation_metrics(model, collect(model, split, 1, 12, "cpu"), k=1, mi_batch_size=None)
-    acc = collect(model, split, 100, 12, "cpu")  # path noise: variance 3.5 / K per dim
+    one_path = representation_metrics(model, collect(model, split, 1, 50, "cpu"), k=1, mi_batch_size=None)
+    acc = collect(model, split, 100, 50, "cpu")
     averaged = representation_metrics(model, acc, k=100, mi_batch_size=None)
     layer1 = model.recog_x[0](acc["features"][:, 0])[:, :model.latent_size]
     assert torch.allclose(acc["mean"][:, 0], layer1, atol=1e-5)
     assert one_path["au"]["details"]["per_group"][1] > 0
-    assert averaged["au"]["details"]["per_group"][1] == 0
+    assert averaged["au"]["details"]["per_group"][1] == averaged["au_001"]["details"]["per_group"][1] == 0
+    assert active_units(acc["mean"], 0.01)[1].any()  # what AU@0.01 counted before the correction
     for key in ("au", "au_001"):  # per-group mean as the value, the total in the details
         entry = averaged[key]
         assert entry["value"] == pytest.approx(entry["details"]["total"] / 2) and entry["decimals"] == 2

@@ -3,10 +3,12 @@
 On a CUDA machine every test runs on the GPU too. Stated tolerances, for tiny random models (bf16
 keeps 8 bits of mantissa, relative step 2^-8): the loss of one step within 1e-3 relative, all gradients together within 2e-2 relative (L2), the
 IW estimate of log p(x) within 1e-3 relative per sentence. The densities, KL, cross-entropy and
-the IW log-sum-exp are fp32 under bf16; fp32 changes nothing at all.
+the IW log-sum-exp are fp32 under bf16, and so is the posterior draw z; fp32 changes nothing at all.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -58,8 +60,35 @@ def test_the_densities_and_kl_stay_fp32_under_bf16(name, device):
         features = model.encode(ids, mask)
         post = model.sample_posterior(features, k=3)
         log_q = model.log_q_matrix(post.z[0], features)
-    assert post.mean.dtype == torch.bfloat16  # the latent heads ran in bf16 ...
-    assert post.log_q.dtype == post.log_p.dtype == post.kl.dtype == log_q.dtype == torch.float32  # ... not these
+    assert post.z.dtype == post.mean.dtype == torch.float32  # the draw (see the test below)
+    assert post.log_q.dtype == post.log_p.dtype == post.kl.dtype == log_q.dtype == torch.float32
+
+
+def _sharp_posterior(model, mean: float, std: float) -> None:
+    """q(z | x) = N(mean, std^2) in every dimension (and latent group), whatever x."""
+    head = model.recog_x if hasattr(model, "recog_x") else model.to_posterior
+    p = model.latent_size
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias[..., :p], head.bias[..., p:] = mean, 2 * math.log(std)
+        if hasattr(model, "recog_h"):
+            model.recog_h.weight.zero_()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ("della", "embed"))
+@torch.no_grad()
+def test_the_posterior_draw_is_exact_under_bf16(name, device):
+    """z ~ q(z | x) under bf16 autocast: (z - mean) / std is N(0, 1), even for q = N(3, 0.003^2),
+    narrower than bf16's step at 3 (2^-6). A z rounded to bf16 would sit on that grid (mostly on 3
+    itself), and the importance weights, log q taken at it, would be biased (optimistic)."""
+    model, ids, mask = _setup(name, device)
+    _sharp_posterior(model, 3.0, 0.003)
+    torch.manual_seed(3)
+    with autocast(ids.device, "bf16"):
+        post = model.sample_posterior(model.encode(ids, mask), k=64)
+    eps = ((post.z - post.mean) * torch.exp(-0.5 * post.logvar)).flatten()  # >= 2048 draws
+    assert abs(eps.mean().item()) < 0.15 and abs(eps.var().item() - 1) < 0.15
 
 
 @pytest.mark.parametrize("device", DEVICES)

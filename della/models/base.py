@@ -91,6 +91,13 @@ class LossOutput:
     n_tokens: torch.Tensor  # (B,) predicted tokens per sentence
 
 
+def standard_normal(shape: tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:
+    """N(0, I) draws on `device` from `generator`, which may live elsewhere: generation seeds a host
+    generator, which CUDA draws refuse, and which gives the same latents on every device."""
+    where = device if generator is None else generator.device
+    return torch.randn(shape, generator=generator, device=where).to(device)
+
+
 def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(z; mean, diag(exp(logvar))), summed over the last axis; in fp32 under bf16 autocast
     (a bf16 sum over p dimensions would lose the IW weights' precision)."""

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from della.models.backbone import Injection
-from della.models.base import Condition, LatentModel, Posterior, build_pooling, gaussian_kl, gaussian_log_density
+from della.models.base import (Condition, LatentModel, Posterior, build_pooling, gaussian_kl, gaussian_log_density,
+                               standard_normal)
 from della.models.bn_vae import PosteriorMeanBatchNorm
 from della.models.configs import DellaConfig
 
@@ -350,13 +351,15 @@ class Della(LatentModel):
         B, G, _ = x.shape
         chain = self._chain(None if c is None else c.repeat(k, 1, 1))
         from_x = self.recog_x(x).repeat(k, 1, 1).unbind(1)  # G x (K*B, 2p), sample-major
-        # every group's noise in one draw (one launch, not G), group-major
-        noise = torch.randn((G, k * B, self.latent_size), dtype=from_x[0].dtype, device=x.device).unbind(0)
+        # every group's noise in one draw (one launch, not G), group-major; z in fp32 under bf16
+        # autocast: z rounded to bf16 would not be a draw from the q its density is taken under
+        noise = torch.randn((G, k * B, self.latent_size), device=x.device).unbind(0)
         h = z = x.new_zeros((k * B, self.latent_size))
         path = {key: [] for key in ("h", "z", "mean", "logvar")}
         for g in range(G):  # only the draws are sequential; the prior and the densities are batched, below
             h = self._summary(g, h, z, chain)
             qm, ql = self._posterior_params(g, torch.addmm(from_x[g], h, chain.recog_h[g].weight.T), h, chain)
+            qm, ql = qm.float(), ql.float()
             z = qm + torch.exp(0.5 * ql) * noise[g]
             for key, value in zip(path, (h, z, qm, ql)):
                 path[key].append(value)
@@ -406,7 +409,7 @@ class Della(LatentModel):
         for g in range(self.n_groups):
             h = self._summary(g, h, z, chain)
             mean, logvar = self._prior_params(h, chain, g)
-            eps = torch.randn(n, p, generator=generator, device=self.device)
+            eps = standard_normal((n, p), generator, self.device)
             z = mean + torch.exp(0.5 * logvar) * eps
             zs.append(z)
         return torch.stack(zs, 1)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from della.models.base import Condition, LatentModel, Posterior, build_pooling, gaussian_kl, gaussian_log_density
+from della.models.base import (Condition, LatentModel, Posterior, build_pooling, gaussian_kl, gaussian_log_density,
+                               standard_normal)
 from della.models.bn_vae import PosteriorMeanBatchNorm
 from della.models.configs import SingleLatentConfig
 
@@ -76,8 +77,8 @@ class SingleLatentVAE(LatentModel):
         return mean, logvar
 
     def sample_posterior(self, features, k):
-        mean, logvar = self._posterior_params(features)
-        eps = torch.randn((k, *mean.shape), device=mean.device, dtype=mean.dtype)
+        mean, logvar = (t.float() for t in self._posterior_params(features))  # z in fp32: see Della's
+        eps = torch.randn((k, *mean.shape), device=mean.device)
         z = mean + torch.exp(0.5 * logvar) * eps  # (K, B, 1, p)
         prior_mean, prior_logvar = self._prior_params(self.split_features(features)[1], mean)
         kl = gaussian_kl(mean, logvar, prior_mean, prior_logvar).expand(k, -1, -1)
@@ -87,7 +88,7 @@ class SingleLatentVAE(LatentModel):
 
     def sample_prior(self, n, generator=None, condition=None):
         self.check_condition(condition)
-        eps = torch.randn(n, 1, self.latent_size, generator=generator, device=self.device)
+        eps = standard_normal((n, 1, self.latent_size), generator, self.device)
         if condition is None:
             return eps
         mean, logvar = self._prior_params(self.encode_condition(condition), eps)
