@@ -196,6 +196,10 @@ class Block:
     kappa: dict[str, float]  # criterion -> kappa, and "pooled"
     n_annotators: int
     della: str
+    labels: dict[str, str]  # model -> row label
+
+    def label(self, model: str) -> str:
+        return self.labels.get(model, model)
 
 
 def read_sheet(path: Path, items: dict[str, Any], criteria: list[str]) -> dict[str, dict[str, int]]:
@@ -226,7 +230,17 @@ def read_sheet(path: Path, items: dict[str, Any], criteria: list[str]) -> dict[s
     return sheet
 
 
-def score_block(dataset: str, key: dict[str, Any], sheets: list[Path], della: str) -> Block:
+def row_label(model: str, labels: dict[str, str]) -> str:
+    """`--label`'s, else the paper's name of a registered model (della -> DELLA), else the name."""
+    from della.models import MODELS, paper_name
+
+    if model in labels:
+        return labels[model]
+    return (paper_name(model) if model in MODELS.names() else None) or model
+
+
+def score_block(dataset: str, key: dict[str, Any], sheets: list[Path], della: str,
+                labels: dict[str, str] | None = None) -> Block:
     if len(sheets) < 2:
         raise ValueError(f"{dataset}: need filled sheets of at least two annotators, got {len(sheets)}")
     items, criteria, models = key["items"], key["criteria"], key["models"]
@@ -248,7 +262,7 @@ def score_block(dataset: str, key: dict[str, Any], sheets: list[Path], della: st
     kappa = {c: fleiss_kappa(subjects[c], categories) for c in criteria}
     kappa["pooled"] = fleiss_kappa([r for c in criteria for r in subjects[c]], categories)
     return Block(dataset, criteria, models, means, {m: len(lines) * len(ratings) for m in models},
-                 p_values, kappa, len(ratings), della)
+                 p_values, kappa, len(ratings), della, {m: row_label(m, labels or {}) for m in models})
 
 
 def _p(p: float) -> str:
@@ -258,13 +272,13 @@ def _p(p: float) -> str:
 def render_csv(blocks: list[Block]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["dataset", "model", "criterion", "mean", "n_ratings", "p_value", "test", "fleiss_kappa",
+    writer.writerow(["dataset", "model", "label", "criterion", "mean", "n_ratings", "p_value", "test", "fleiss_kappa",
                      "fleiss_kappa_pooled", "n_annotators"])
     for b in blocks:
         for m in b.models:
             for c in b.criteria:
                 p = b.p_values.get((m, c))
-                writer.writerow([b.dataset, m, c, f"{b.means[m, c]:.4f}", b.n_ratings[m],
+                writer.writerow([b.dataset, m, b.label(m), c, f"{b.means[m, c]:.4f}", b.n_ratings[m],
                                  "" if p is None else f"{p:.6g}", "" if p is None else f"wilcoxon vs {b.della}",
                                  f"{b.kappa[c]:.4f}", f"{b.kappa['pooled']:.4f}", b.n_annotators])
     return buf.getvalue()
@@ -280,7 +294,7 @@ def _cells(b: Block, m: str) -> list[tuple[str, bool, str | None]]:
 def _footer(b: Block) -> str:
     per = ", ".join(f"{c} {b.kappa[c]:.2f}" for c in b.criteria)
     return (f"Fleiss' kappa {b.kappa['pooled']:.2f} pooled over criteria ({per}); {b.n_annotators} annotators; "
-            f"p: two-sided Wilcoxon signed-rank test of {b.della} vs. the model, paired by source")
+            f"p: two-sided Wilcoxon signed-rank test of {b.label(b.della)} vs. the model, paired by source")
 
 
 def render_markdown(blocks: list[Block]) -> str:
@@ -291,7 +305,7 @@ def render_markdown(blocks: list[Block]) -> str:
                   "| --- |" + " ---: |" * len(b.criteria)]
         for m in b.models:
             cells = [(f"**{v}**" if best else v) + (f" (p {p})" if p else "") for v, best, p in _cells(b, m)]
-            parts.append(f"| {m} | " + " | ".join(cells) + " |")
+            parts.append(f"| {b.label(m)} | " + " | ".join(cells) + " |")
         parts += ["", _footer(b)]
     return "\n".join(parts) + "\n"
 
@@ -307,7 +321,7 @@ def render_latex(blocks: list[Block]) -> str:
         for m in b.models:
             cells = [(rf"\textbf{{{v}}}" if best else v) + (rf" {{\scriptsize ($p$ {latex_escape(p)})}}" if p else "")
                      for v, best, p in _cells(b, m)]
-            lines.append(latex_escape(m) + " & " + " & ".join(cells) + r" \\")
+            lines.append(latex_escape(b.label(m)) + " & " + " & ".join(cells) + r" \\")
         lines.append(r"\midrule")
     lines[-1] = r"\bottomrule"
     captions = " ".join(f"{latex_escape(b.dataset)}: {latex_escape(_footer(b))}." for b in blocks)
@@ -316,11 +330,12 @@ def render_latex(blocks: list[Block]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def score(blocks_args: list[tuple[str, str, str]], della: str, out_dir: Path, name: str) -> list[Block]:
+def score(blocks_args: list[tuple[str, str, str]], della: str, out_dir: Path, name: str,
+          labels: dict[str, str] | None = None) -> list[Block]:
     blocks = []
     for dataset, key_path, sheets_dir in blocks_args:
         sheets = sorted(Path(sheets_dir).glob("*.csv"))
-        blocks.append(score_block(dataset, read_json(key_path), sheets, della))
+        blocks.append(score_block(dataset, read_json(key_path), sheets, della, labels))
     atomic_write_text(out_dir / f"{name}.csv", render_csv(blocks))
     atomic_write_text(out_dir / f"{name}.md", render_markdown(blocks))
     atomic_write_text(out_dir / f"{name}.tex", render_latex(blocks))
@@ -329,11 +344,20 @@ def score(blocks_args: list[tuple[str, str, str]], della: str, out_dir: Path, na
 
 
 # --- CLI -------------------------------------------------------------------------------------------
+def _named(text: str, what: str) -> tuple[str, str]:
+    model, sep, value = text.partition("=")
+    if not sep or not model or not value:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME={what}")
+    return model, value
+
+
 def _model_path(text: str) -> tuple[str, Path]:
-    model, sep, path = text.partition("=")
-    if not sep or not model or not path:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH")
+    model, path = _named(text, "PATH")
     return model, Path(path)
+
+
+def _model_label(text: str) -> tuple[str, str]:
+    return _named(text, "LABEL")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -355,6 +379,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--della", default="della", help="the model tested against every other (default della)")
     s.add_argument("--out-dir", type=Path, default=Path("results/human-eval"), help="where table3.* go (default: %(default)s)")
     s.add_argument("--name", default="table3")
+    s.add_argument("--label", action="append", type=_model_label, metavar="NAME=LABEL", default=[],
+                   help="a model's row label (repeatable; default: the paper's name of a registered model, "
+                        "e.g. della -> DELLA, else the name)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -364,4 +391,4 @@ def run(args: argparse.Namespace) -> None:
             raise ValueError("--output: a model name is given twice")
         make(args.sources, outputs, args.task, args.n_items, args.annotators, args.seed, args.out, args.key)
     else:
-        score(args.block, args.della, args.out_dir, args.name)
+        score(args.block, args.della, args.out_dir, args.name, dict(args.label))

@@ -118,7 +118,7 @@ def test_make_fill_score_round_trip_gives_the_known_table(task, tmp_path):
     fill(out, key, tmp_path / "filled")
     tables = tmp_path / "tables"
     della_cli(["human-eval", "score", "--block", "WritingPrompts", str(key_path), str(tmp_path / "filled"),
-               "--out-dir", str(tables)])
+               "--out-dir", str(tables), "--label", "embed=Embed (ours)"])
     rows = {(r["model"], r["criterion"]): r for r in read_csv(tables / "table3.csv")}
     lines = sorted({i["source_line"] for i in key["items"].values()})
     for model in MODELS:
@@ -133,7 +133,10 @@ def test_make_fill_score_round_trip_gives_the_known_table(task, tmp_path):
     assert float(rows["gpt2", "coherence"]["p_value"]) == 1.0
     assert float(rows["gpt2", "novelty"]["p_value"]) < 0.05
     md = (tables / "table3.md").read_text()
-    assert "**Dataset: WritingPrompts**" in md and "| della | **" in md and "Fleiss' kappa 1.00" in md
+    assert "**Dataset: WritingPrompts**" in md and "| DELLA | **" in md and "Fleiss' kappa 1.00" in md
+    assert "| GPT-2 | " in md and "| Embed (ours) | " in md  # the paper's names; --label overrides
+    assert "Wilcoxon signed-rank test of DELLA vs. the model" in md
+    assert rows["embed", "fluency"]["label"] == "Embed (ours)"
     tex = (tables / "table3.tex").read_text()
     assert r"\begin{tabular}{lccc}" in tex and r"\textbf{" in tex and "Wilcoxon" in tex
 
