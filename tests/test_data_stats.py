@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 from tokenizers import Regex, pre_tokenizers
@@ -42,8 +43,8 @@ def test_counts_and_average_lengths_are_those_of_the_corpus(tmp_path):
     stats = dataset_stats(write_corpus(tmp_path / "tiny"), load_tokenizer(char_tokenizer(tmp_path / "tok")))
     assert stats.dataset == "tiny"
     assert stats.sentences == {"train": 3, "valid": 1, "test": 2}
-    assert stats.avg_words == pytest.approx(N_WORDS / 6)
-    assert stats.avg_tokens == pytest.approx(N_CHARS / 6)
+    assert stats.avg_words == {"text": pytest.approx(N_WORDS / 6)}
+    assert stats.avg_tokens == {"text": pytest.approx(N_CHARS / 6)}
     assert dataset_stats(tmp_path / "tiny").avg_tokens is None
 
 
@@ -64,16 +65,34 @@ def test_cli_writes_the_table_in_every_format(tmp_path):
     assert float(rows[1]["avg_words"]) == pytest.approx((4200 * 2 + 10 + 30) / 4220)
     assert rows[0]["avg_bpe_tokens"] == ""
     md = (tmp_path / "out" / "table7.md").read_text()
-    assert "| PTB | 4k | 10 | 10 | 2.0 |" in md and "BPE" not in md  # the paper's spelling
+    assert "| PTB | 4k | 10 | 10 | 2 |" in md and "BPE" not in md  # the paper's spelling, whole words
     tex = (tmp_path / "out" / "table7.tex").read_text()
-    assert r"\# Train" in tex and r"Tiny & 3 & 1 & 2 & 3.0 \\" in tex
+    assert r"\# Train" in tex and r"Tiny & 3 & 1 & 2 & 3 \\" in tex
     assert "<td>4k</td>" in (tmp_path / "out" / "table7.html").read_text()
 
 
 def test_cli_adds_the_bpe_column_with_one_tokenizer_per_dataset(tmp_path):
     data, tok = write_corpus(tmp_path / "tiny"), char_tokenizer(tmp_path / "tok")
     della_cli(["data-stats", "--data", str(data), "--tokenizer", str(tok), "--out-prefix", str(tmp_path / "t7")])
-    assert f"| Tiny | 3 | 1 | 2 | 3.0 | {N_CHARS / 6:.1f} |" in (tmp_path / "t7.md").read_text()
+    assert "| Tiny | 3 | 1 | 2 | 3 | 3 |" in (tmp_path / "t7.md").read_text()  # 18 / 6 words, 20 / 6 tokens
+
+
+def test_a_conditional_dataset_has_the_lengths_of_its_sources_and_targets(tmp_path):
+    """Source words 2, 4, 6 and 8 (mean 5), target words 10 to 40 (mean 25): "S: 5 T: 25" as the paper prints."""
+    data = tmp_path / "pairs"
+    data.mkdir()
+    pairs = {"train": [(2, 10), (4, 20)], "valid": [(6, 30)], "test": [(8, 40)]}
+    for split, lengths in pairs.items():
+        lines = [json.dumps({"source": " ".join("s" * s), "target": " ".join("t" * t)}) for s, t in lengths]
+        (data / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
+    della_cli(["data-stats", "--data", str(write_corpus(tmp_path / "tiny")), str(data),
+               "--out-prefix", str(tmp_path / "t7")])
+    md = (tmp_path / "t7.md").read_text()
+    assert "| Tiny | 3 | 1 | 2 | 3 |" in md and "| Pairs | 2 | 1 | 1 | S: 5 T: 25 |" in md
+    with open(tmp_path / "t7.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert (float(rows[1]["avg_words_source"]), float(rows[1]["avg_words_target"])) == (5.0, 25.0)
+    assert rows[1]["avg_words"] == "" and float(rows[0]["avg_words"]) == pytest.approx(N_WORDS / 6)
 
 
 def test_tokenizers_must_match_the_datasets_one_to_one(tmp_path, caplog):

@@ -1,11 +1,13 @@
 """`python -m della data-stats --data DIR... --out-prefix results/<experiment>/tables/table7`: the paper's Table 7.
 
 Per prepared dataset (`results/<experiment>/data/<dataset>/`, named by its directory): the number of train, dev
-(valid) and test sentences, and the average length per sentence over all three splits, in
-whitespace-separated words and, given the dataset's tokenizer (`--tokenizer`, one per `--data`, in
-the same order), in BPE tokens without `<s>`/`</s>`. The paper does not say which split its average
-covers; all of them here. Writes `<prefix>.{csv,md,tex,html}`: the CSV holds the exact counts, the
-other renderings round them as the paper does (42k, 3k).
+(valid) and test sentences (source/target pairs of a conditional dataset, {split}.jsonl), and the
+average length over all three splits, in whitespace-separated words and, given the dataset's tokenizer
+(`--tokenizer`, one per `--data`, in the same order), in BPE tokens without `<s>`/`</s>`; of the
+source and the target apart for a conditional dataset ("S: 790 T: 61" in the paper). The paper does
+not say which split its average covers; all of them here. Writes `<prefix>.{csv,md,tex,html}`: the
+CSV holds the exact counts and means, the other renderings round them as the paper does (42k, 3k;
+whole words).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import csv
 import html
 import io
 import logging
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from della.data.conditional import read_pairs
 from della.data.corpus import read_lines
 from della.data.prepare import SPLITS
 from della.data.tokenizer import Tokenizer, load_tokenizer
@@ -26,27 +30,39 @@ from della.tables import dataset_title, html_document, latex_escape
 
 log = logging.getLogger(__name__)
 
-CAPTION = ("Statistics of datasets: the size of the train/dev/test sets and the average length per "
-           "sentence over all splits.")
+CAPTION = ("Statistics of datasets: the size of the train/dev/test sets and the average length over all "
+           "splits. S means source text and T means target text.")
+SIDES = ("text", "source", "target")  # a sentence dataset's one side; a conditional dataset's two
 
 
 @dataclass(frozen=True)
 class DatasetStats:
     dataset: str
-    sentences: dict[str, int]  # split -> number of sentences
-    avg_words: float
-    avg_tokens: float | None  # None without a tokenizer
+    sentences: dict[str, int]  # split -> number of sentences (of pairs)
+    avg_words: dict[str, float]  # side ("text", or "source" and "target") -> average length
+    avg_tokens: dict[str, float] | None  # the same in BPE tokens; None without a tokenizer
+
+
+def read_sides(data_dir: Path) -> dict[str, dict[str, list[str]]]:
+    """side -> split -> texts: {split}.txt's lines, or the sources and targets of {split}.jsonl."""
+    if not (data_dir / "train.jsonl").is_file():
+        return {"text": {split: read_lines(data_dir / f"{split}.txt") for split in SPLITS}}
+    pairs = {split: read_pairs(data_dir / f"{split}.jsonl") for split in SPLITS}
+    return {side: {split: [getattr(p, side) for p in pairs[split]] for split in SPLITS}
+            for side in ("source", "target")}
 
 
 def dataset_stats(data_dir: str | Path, tokenizer: Tokenizer | None = None) -> DatasetStats:
     data_dir = Path(data_dir)
-    lines = {split: read_lines(data_dir / f"{split}.txt") for split in SPLITS}
-    every = [line for split in SPLITS for line in lines[split]]
+    sides = read_sides(data_dir)
+    every = {side: [t for split in SPLITS for t in texts[split]] for side, texts in sides.items()}
     avg_tokens = None
     if tokenizer is not None:
-        avg_tokens = sum(map(len, tokenizer.encode_batch(every))) / len(every)
-    return DatasetStats(dataset=data_dir.name, sentences={s: len(lines[s]) for s in SPLITS},
-                        avg_words=sum(len(line.split()) for line in every) / len(every), avg_tokens=avg_tokens)
+        avg_tokens = {side: statistics.fmean(map(len, tokenizer.encode_batch(texts))) for side, texts in every.items()}
+    first = next(iter(sides.values()))
+    return DatasetStats(dataset=data_dir.name, sentences={s: len(first[s]) for s in SPLITS},
+                        avg_words={side: statistics.fmean(len(t.split()) for t in texts) for side, texts in every.items()},
+                        avg_tokens=avg_tokens)
 
 
 def paper_count(n: int) -> str:
@@ -62,24 +78,35 @@ def _header(with_tokens: bool) -> list[str]:
     return ["Dataset", "# Train", "# Dev", "# Test", "Avg. length (words)"] + (["Avg. length (BPE)"] * with_tokens)
 
 
+def paper_length(avg: dict[str, float]) -> str:
+    """The paper's whole numbers: "21", or "S: 790 T: 61" for a source and a target."""
+    if "text" in avg:
+        return f"{avg['text']:.0f}"
+    return f"S: {avg['source']:.0f} T: {avg['target']:.0f}"
+
+
 def _display_rows(stats: list[DatasetStats], with_tokens: bool) -> list[list[str]]:
     rows = []
     for s in stats:
         counts = [paper_count(s.sentences[split]) for split in SPLITS]
-        row = [dataset_title(s.dataset, ()), *counts, f"{s.avg_words:.1f}"]
+        row = [dataset_title(s.dataset, ()), *counts, paper_length(s.avg_words)]
         if with_tokens:
-            row.append("–" if s.avg_tokens is None else f"{s.avg_tokens:.1f}")
+            row.append("–" if s.avg_tokens is None else paper_length(s.avg_tokens))
         rows.append(row)
     return rows
 
 
 def render_csv(stats: list[DatasetStats]) -> str:
+    """Exact counts and means; a conditional dataset's lengths in the _source and _target columns."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["dataset", "train", "valid", "test", "avg_words", "avg_bpe_tokens"])
+    lengths = [f"{unit}{'' if side == 'text' else '_' + side}" for unit in ("avg_words", "avg_bpe_tokens")
+               for side in SIDES]
+    writer.writerow(["dataset", "train", "valid", "test", *lengths])
     for s in stats:
-        writer.writerow([s.dataset, *(s.sentences[split] for split in SPLITS), repr(s.avg_words),
-                         "" if s.avg_tokens is None else repr(s.avg_tokens)])
+        means = [avg.get(side) if avg else None for avg in (s.avg_words, s.avg_tokens) for side in SIDES]
+        writer.writerow([s.dataset, *(s.sentences[split] for split in SPLITS),
+                         *("" if m is None else repr(m) for m in means)])
     return buf.getvalue()
 
 

@@ -1,7 +1,7 @@
-# The paper's analyses that need no extra training: Table 7 (statistics of the prepared datasets)
-# and Fig. 3 (greedy text along the line between the posterior means of the first two test
-# sentences, for every model with a latent). Both read sentence (lm) datasets only: `data-stats`
-# and `interpolate` take {split}.txt. Cheap: local rules.
+# The paper's analyses that need no extra training: Table 7 (statistics of every prepared dataset,
+# sentence datasets first and then the conditional ones, as the paper lists them) and Fig. 3 (greedy
+# text along the line between the posterior means of the first two test sentences, for every model
+# with a latent; sentence datasets only, `interpolate` takes {split}.txt). Cheap: local rules.
 
 
 def latent_models():
@@ -13,8 +13,8 @@ def latent_models():
 
 rule table7:
     input:
-        data=expand(results("data/{dataset}/train.txt"), dataset=LM_DATASETS),
-        tokenizers=expand(results("tokenizers/{dataset}/tokenizer-info.json"), dataset=LM_DATASETS),
+        data=[split_file(dataset, "train") for dataset in LM_DATASETS + CONDITIONAL_DATASETS],
+        tokenizers=expand(results("tokenizers/{dataset}/tokenizer-info.json"), dataset=LM_DATASETS + CONDITIONAL_DATASETS),
     output:
         **table_outputs("table7"),
     params:
