@@ -65,7 +65,8 @@ def bertscore(ctx) -> dict[str, Score]:
         raise MetricUndefined("BERTScore: every pair has an empty sample or target")
     cands = [ctx.samples.texts[i] for i in pairs]
     refs = [ctx.references.texts[i] for i in pairs]
-    scorer, layers = build_scorer(opts, idf_sents=refs)  # the IDF (if on): once, from all targets
+    # the IDF (if on): once, from every target, as bert-score computes it from the references it is given
+    scorer, layers = build_scorer(opts, idf_sents=list(ctx.references.texts))
     # pairs of similar length share a call, so little of a call's one batch is padding: 300 pairs whose
     # sample and target have equal lengths took as long as bert-score's own batching, of unrelated
     # lengths 1.8 times as long (both sides of a pair are padded to the longer)

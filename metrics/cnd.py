@@ -63,7 +63,7 @@ def cnd(ctx) -> dict[str, Score]:
             raise MetricUndefined(f"CND: the {side} contain no {n}-grams")
         by_order[str(n)] = jensen_shannon(p, q)
     signature = {"formula": "jsd-proposal", "log": "e", "n": "mean" + "".join(map(str, orders)),
-                 "nrefs": len(ctx.references), **ctx.text_signature()}
+                 "samples": len(ctx.samples), "nrefs": len(ctx.references), **ctx.text_signature()}
     details = {"by_order": by_order, "n_samples": len(ctx.samples),
                "n_references": len(ctx.references),
                "unconfirmed": ["CND* is a stand-in: mean JSD of n-gram distributions, bounded "

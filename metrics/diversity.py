@@ -83,7 +83,8 @@ def dist(ctx) -> dict[str, Score]:
                "unconfirmed": ["which n DELLA's Dist is: `dist` is the mean over dist_orders, "
                                "default (1,), the order on the paper's scale for human text"]}
     return _orders_and_mean("dist", ctx.options.dist_orders, one_order,
-                            {"agg": "corpus", "den": "ngrams", **ctx.text_signature()}, details)
+                            {"agg": "corpus", "den": "ngrams", "samples": len(ctx.samples), **ctx.text_signature()},
+                            details)
 
 
 def js(ctx) -> dict[str, Score]:
@@ -100,5 +101,6 @@ def js(ctx) -> dict[str, Score]:
                                "mean over pairs (DELLA's wording) vs 1 - max (SentiGAN)"]}
     return _orders_and_mean("js", ctx.options.js_orders,
                             lambda n: (mean_pairwise_jaccard(ctx.ngrams.counts(n, 0)), {}),
-                            {"pairs": "unordered-all", "sets": "distinct", **ctx.text_signature()},
+                            {"pairs": "unordered-all", "sets": "distinct", "samples": len(ctx.samples),
+                             **ctx.text_signature()},
                             details)

@@ -89,7 +89,8 @@ class MetricOptions:
     device: str = _opt("cpu", "torch device of the encoders")
     # ROUGE
     rouge_stemmer: bool = _opt(False, "Porter stemmer (rouge-score default off; unconfirmed)")
-    rouge_l: str = _opt("rougeL", "rougeL (sentence LCS, the literal reading) or rougeLsum")
+    rouge_l: str = _opt("rougeL", "rougeL (sentence LCS, the literal reading) or rougeLsum "
+                        "(summary-level LCS over the sentences, split at . ! ? and a space)")
 
     def __post_init__(self) -> None:
         choices = {"tokenizer": TOKENIZERS, "empty": EMPTY_POLICIES, "task": TASKS,

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import version
 
 import numpy as np
 
 from metrics.base import Score
+
+# rougeLsum's summary-level LCS reads a text's sentences off its lines; our texts are one line each,
+# so a sentence ends at ., ! or ? followed by whitespace (nltk's punkt would need a download)
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentence_lines(text: str) -> str:
+    return "\n".join(SENTENCE_END.split(text))
 
 
 def rouge_fmeasures(targets: list[str], predictions: list[str], rouge_types: list[str],
@@ -26,19 +35,22 @@ def rouge(ctx) -> dict[str, Score]:
     `RougeScorer(types, use_stemmer).score(target, sample)` (target first) with rouge-score's own
     tokenizer (lowercase, non-alphanumerics to spaces); arithmetic mean of the per-pair F, not the
     bootstrap mid. ROUGE-L is sentence-level `rougeL` unless `rouge_l=rougeLsum` (unconfirmed
-    which DELLA used); the stemmer is off, rouge-score's default (unconfirmed). DELLA used
+    which DELLA used), whose texts are split into sentences first (`SENTENCE_END`; ROUGE-1/2 ignore
+    the line breaks); the stemmer is off, rouge-score's default (unconfirmed). DELLA used
     rouge-score 0.0.4; the version used here is in the signature.
     """
     opts = ctx.options
     types = {"rouge1": "rouge1", "rouge2": "rouge2", "rougeL": opts.rouge_l}
-    scores = rouge_fmeasures(ctx.references.texts, ctx.samples.texts, list(types.values()),
-                             opts.rouge_stemmer)
+    targets, samples = ctx.references.texts, ctx.samples.texts
+    if opts.rouge_l == "rougeLsum":
+        targets, samples = [sentence_lines(t) for t in targets], [sentence_lines(t) for t in samples]
+    scores = rouge_fmeasures(targets, samples, list(types.values()), opts.rouge_stemmer)
     results = {}
     for key, rouge_type in types.items():
         table = scores[rouge_type]
-        signature = {"type": rouge_type, "stem": "yes" if opts.rouge_stemmer else "no",
-                     "tok": "rouge-score-default", "agg": "mean-F", "empty": opts.empty,
-                     "rouge-score": version("rouge-score")}
+        signature = {"type": rouge_type, **({"split": "sentence-end-.!?"} if rouge_type == "rougeLsum" else {}),
+                     "stem": "yes" if opts.rouge_stemmer else "no", "tok": "rouge-score-default", "agg": "mean-F",
+                     "empty": opts.empty, "rouge-score": version("rouge-score")}
         details = {"precision": float(table[:, 0].mean()), "recall": float(table[:, 1].mean()),
                    "n_pairs": len(table)}
         if key == "rougeL":

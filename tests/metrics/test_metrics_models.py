@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -18,12 +19,17 @@ def test_rouge_equals_rouge_score(shared_lines, stemmer, rouge_l):
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     doc = metrics.compute(["rouge"], sources, references=targets, rouge_stemmer=stemmer,
                           rouge_l=rouge_l, task="conditional")["metrics"]
-    scorer = RougeScorer(["rouge1", "rouge2", rouge_l], use_stemmer=stemmer)
+    scorer = RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=stemmer)
     scores = [scorer.score(t, s) for s, t in zip(sources, targets)]
+    # rougeLsum: every sentence on a line of its own (the texts are one line each)
+    split = [scorer.score(*(re.sub(r"([.!?])\s+", "\\1\n", x) for x in (t, s))) for s, t in zip(sources, targets)]
     for key, rouge_type in (("rouge1", "rouge1"), ("rouge2", "rouge2"), ("rougeL", rouge_l)):
-        expected = np.mean([s[rouge_type].fmeasure for s in scores])
+        expected = np.mean([s[rouge_type].fmeasure for s in (split if rouge_l == "rougeLsum" else scores)])
         assert doc[key]["value"] == pytest.approx(expected, abs=1e-12)
         assert f"type:{rouge_type}" in doc[key]["signature"]
+    if rouge_l == "rougeLsum":  # not vacuous: on CNN/DM's multi-sentence pairs the split changes the score
+        cnndm = [(a["rougeLsum"].fmeasure, b["rougeL"].fmeasure) for a, b in zip(split[:20], scores[:20])]
+        assert np.mean([a - b for a, b in cnndm]) > 0.02
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +101,22 @@ def test_chunked_bertscore_equals_bert_score_in_one_call(shared_lines, idf):
     assert entry["value"] == pytest.approx(float(f.double().mean()), abs=1e-6)
     assert entry["details"]["recall"] == pytest.approx(float(r.double().mean()), abs=1e-6)
     assert entry["details"]["precision"] == pytest.approx(float(p.double().mean()), abs=1e-6)
+
+
+def test_the_idf_comes_from_every_target_even_one_whose_sample_is_empty(shared_lines):
+    import bert_score
+
+    from metrics.encoders import resolve_encoder
+
+    pairs = shared_lines("quora", "test", 12)
+    sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
+    sources[3] = ""  # its pair scores 0; its target still counts in the IDF
+    entry = metrics.compute(["bertscore"], sources, references=targets, task="conditional",
+                            bertscore_idf=True)["metrics"]["bertscore"]
+    scorer = bert_score.BERTScorer(model_type=resolve_encoder("minilm"), num_layers=6, idf=True, idf_sents=targets)
+    kept = [i for i in range(12) if i != 3]
+    _, _, f = scorer.score([sources[i] for i in kept], [targets[i] for i in kept])
+    assert entry["value"] == pytest.approx(float(f.double().sum()) / 12, abs=1e-6)
 
 
 def test_a_missing_encoder_fails_unless_optional_then_it_is_recorded(tmp_path):
