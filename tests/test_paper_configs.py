@@ -103,3 +103,25 @@ def test_every_table_name_the_schema_accepts_has_a_layout_in_della_tables():
     schema = load(REPO / "workflow" / "schemas" / "config.schema.yaml")
     names = schema["properties"]["tables"]["properties"]["names"]["items"]["enum"]
     assert sorted(names) == TABLE_NAMES and set(names) <= set(TABLES)
+
+
+def test_the_official_preset_at_gpt2_small_has_the_papers_parameter_count():
+    """App. A.1: "The number of parameters for our model is 193,353,984 in the unconditional generation
+    setting". The `della-official` entry of config/config.yaml (the official code's departures) on GPT-2
+    small with the official vocabulary (50257 + <s>, </s>; reference §1) has exactly that many; the
+    paper-text defaults lack its untied LM head (768 x 50259) and 12 attention-pooling vectors (768 each)."""
+    import torch
+
+    from della.config import BackboneConfig
+    from della.models.base import Vocab, build_model
+
+    official = load(REPO / "config" / "config.yaml")["models"]["della-official"]
+    vocab = Vocab(size=50259, bos_id=50257, eos_id=50258, pad_id=50256)
+    small = BackboneConfig(n_layer=12, n_embd=768, n_head=12, n_positions=1024)
+    counts = {}
+    for name, args in (("official", official["args"]), ("default", {})):
+        with torch.device("meta"):  # no memory, no initialisation
+            model = build_model(official["model"], args, vocab, backbone_config=small)
+        counts[name] = sum(p.numel() for p in model.parameters())
+    assert counts["official"] == 193_353_984
+    assert counts["official"] - counts["default"] == 768 * 50259 + 12 * 768

@@ -10,8 +10,9 @@ a padding mask, the decoder pass causal. For each latent layer l = b..e:
 
 where x^(l) is the state of the first token (<s>) at the output of encoder block l (the paper, §4
 and App. A.1; the official code pools all positions by attention: `pool: attention`). The
-defaults follow the paper: KL summed over layers (a true ELBO), p(z_b) = N(0, I), tied LM head,
-the first token's state, no clamps. Each departure of the official code (reference §10) is a
+defaults follow the paper's text: KL summed over layers (a true ELBO), p(z_b) = N(0, I), the first
+token's state, no clamps; the tied LM head is our choice where it is silent (the paper's parameter
+count is the official code's, untied). Each departure of the official code (reference §10) is a
 switch (`DellaConfig`, della/models/configs.py), and the `della-official` preset in
 config/config.yaml turns them all on.
 
