@@ -97,7 +97,8 @@ def test_a_mixed_config_routes_tables_human_rows_and_analyses_by_task(tmp_path):
     # Table 7: every dataset, the sentence ones first, as the paper lists them
     assert "--data results/config/data/sentences results/config/data/prompts --tokenizer" in stdout
     assert "--metrics bleu,self_bleu,dist,js,cnd,mauve --mauve-encoder" in stdout  # sentences: text_metrics
-    assert "--metrics bleu,rouge,bertscore,self_bleu,dist,js --sources results/config/data/prompts/test.jsonl" in stdout
+    assert ("--metrics bleu,rouge,bertscore,self_bleu,dist,js --sources results/config/data/prompts/test.jsonl "
+            "--bertscore-model minilm") in stdout
     assert "human/prompts" not in stdout and "figures/prompts/della/seed0/interpolation" not in stdout
 
 

@@ -94,6 +94,8 @@ def test_paper_configs_ask_for_the_papers_scale(name):
     if name == "table9":  # beam search for every model
         assert cfg["generate"]["strategy"] == "beam"
         assert not any(entry.get("generate") for entry in cfg["models"].values())
+    if any(ds["source"] == "hf-conditional" for ds in cfg["datasets"].values()):  # BERTScore: bert-score's
+        assert cfg["bertscore_model"] == "roberta-large"  # model for English
 
 
 TABLE_NAMES = ["table1", "table2", "table4", "table5", "table8", "table9"]

@@ -162,13 +162,15 @@ for _dataset in DATASETS:
 def text_metrics_args(wildcards):
     """`--metrics NAMES [--optional NAMES]` for `python -m metrics compute`; on a conditional dataset
     also `--sources` (the test pairs' sources, aligned with the samples), which makes the task
-    conditional: each sample is scored against its own target; and MAUVE's feature model."""
+    conditional: each sample is scored against its own target; and MAUVE's and BERTScore's models."""
     names, optional = text_metrics(wildcards.dataset)
     args = ["--metrics", ",".join(names)] + (["--optional", ",".join(optional)] if optional else [])
     if TASK[wildcards.dataset] == "conditional":
         args += ["--sources", split_file(wildcards.dataset, "test")]
     if "mauve" in names + optional:
         args += ["--mauve-encoder", mauve_encoder(wildcards.dataset)]
+    if "bertscore" in names + optional:
+        args += ["--bertscore-model", config["bertscore_model"]]
     return shlex.join(args)
 
 
