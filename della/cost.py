@@ -3,7 +3,8 @@
 The numbers come from two files:
 
 - `run.json`, written by `della train`: the parameter count, the seconds spent in training steps
-  (no validation, start-up or checkpoints; summed over resumes), tokens/s over that loop, the peak memory of the training process
+  (no validation, start-up or checkpoints; summed over resumes) and the device hours they took (times
+  the processes: the paper's Table 6 counts GPU hours), tokens/s over that loop, the peak memory of the training process
   (host RSS; GPU memory allocated by torch when it ran on CUDA), the device and the model FLOPs
   utilisation (`cost.mfu`: della.flops' count over the card's dense peak, its signature naming the
   precision and the peak; null with the reason where the peak is unknown, e.g. on a CPU).
@@ -30,6 +31,8 @@ from della.metric_spec import MetricSpec
 COST_METRICS: dict[str, MetricSpec] = {
     "train_wall_seconds": MetricSpec("Wall (s)", False, 1, signature="Snakemake benchmark s of the train job"),
     "train_seconds": MetricSpec("Train loop (s)", False, 1, signature="training steps only, summed over resumes"),
+    # the paper's Table 6 ("GPU hours of training DELLA"), for every model
+    "device_hours": MetricSpec("Device hours", False, 2, signature="train loop s x processes / 3600"),
     "tokens_per_second": MetricSpec("Tokens/s", True, 0, signature="predicted tokens / train loop seconds"),
     "mfu": MetricSpec("MFU (%)", True, 1, display_scale=100,
                       signature="della.flops model FLOPs x tokens/s / (dense peak x processes)"),
@@ -77,6 +80,9 @@ def run_metrics(doc: dict[str, Any], where: str = "run.json") -> dict[str, dict[
         cost.get("cuda_max_allocated_mb"), "" if on_gpu else "not trained on a GPU")
     out["mfu"] = COST_METRICS["mfu"].entry(cost.get("mfu"), cost.get("mfu_note") or "run.json has no cost.mfu",
                                            signature=mfu_signature(doc))
+    seconds = cost.get("train_seconds")
+    out["device_hours"] = COST_METRICS["device_hours"].entry(
+        None if seconds is None else seconds * (prov.get("world_size") or 1) / 3600, "run.json has no train_seconds")
     out["parameters"] = COST_METRICS["parameters"].entry(doc.get("parameters"))
     out["device"] = {"text": device_text(prov), "label": "Device"}
     return out

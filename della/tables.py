@@ -69,8 +69,8 @@ TABLES: dict[str, list[tuple[str, list[str]]]] = {
     "human_reference": [("Generation Quality", ["bleu", "cnd", "mauve"]),
                         ("Generation Diversity", ["self_bleu", "dist", "js"])],
     # the cost of training every model (the paper's Table 6 has DELLA only); keys of della.cost
-    "cost": [("Training", ["train_wall_seconds", "train_seconds", "tokens_per_second", "mfu", "train_max_rss_mb",
-                           "cuda_max_allocated_mb"]),
+    "cost": [("Training", ["train_wall_seconds", "train_seconds", "device_hours", "tokens_per_second", "mfu",
+                           "train_max_rss_mb", "cuda_max_allocated_mb"]),
              ("Setup", ["parameters", "device"])],
 }
 # How a table's PPL, ELBO and KL columns are computed -> the eval.json key each column shows (metric

@@ -93,13 +93,13 @@ def test_cost_rows_carry_the_direction_declared_in_della_cost(cost_tables):
 def test_cost_table_mean_std_arrows_dashes_and_device(cost_tables):
     rows = md_rows(cost_tables["md"])
     gpt2, della = rows["gpt2"], rows["della"]
-    assert list(gpt2)[1:] == ["Wall (s) ↓ (a)", "Train loop (s) ↓ (b)", "Tokens/s ↑ (c)", "MFU (%) ↑ (d)",
-                              "Peak RSS (MB) ↓ (e)", "Peak GPU (MB) ↓ (f)", "Params (M)", "Device"]
+    assert list(gpt2)[1:] == ["Wall (s) ↓ (a)", "Train loop (s) ↓ (b)", "Device hours ↓ (c)", "Tokens/s ↑ (d)",
+                              "MFU (%) ↑ (e)", "Peak RSS (MB) ↓ (f)", "Peak GPU (MB) ↓ (g)", "Params (M)", "Device"]
     assert gpt2["Wall (s) ↓ (a)"] == "**11.0 ± 1.4**"  # lower is better
-    assert gpt2["Tokens/s ↑ (c)"] == "1050 ± 71" and della["Tokens/s ↑ (c)"] == "**5000 ± 0**"  # higher
+    assert gpt2["Tokens/s ↑ (d)"] == "1050 ± 71" and della["Tokens/s ↑ (d)"] == "**5000 ± 0**"  # higher
     assert della["Wall (s) ↓ (a)"] == "20.0 †"  # della seed 1 has no benchmark record
-    assert della["Peak RSS (MB) ↓ (e)"] == "–"  # max_rss "NA"
-    assert gpt2["Peak GPU (MB) ↓ (f)"] == "–" and della["Peak GPU (MB) ↓ (f)"] == "950 ± 71"  # alone: no bold
+    assert della["Peak RSS (MB) ↓ (f)"] == "–"  # max_rss "NA"
+    assert gpt2["Peak GPU (MB) ↓ (g)"] == "–" and della["Peak GPU (MB) ↓ (g)"] == "950 ± 71"  # alone: no bold
     # a size, not a score: no arrow, never bold
     assert gpt2["Params (M)"] == "1.50 ± 0.00" and della["Params (M)"] == "2.25 ± 0.00"
     assert gpt2["Device"] == "cpu (x86_64, 1 thread)" and della["Device"] == "2 × NVIDIA H100 80GB HBM3"
@@ -108,16 +108,19 @@ def test_cost_table_mean_std_arrows_dashes_and_device(cost_tables):
 
 def test_cost_table_latex_html_and_csv(cost_tables):
     tex, page = cost_tables["tex"], cost_tables["html"]
-    assert r"\begin{tabular}{lrrrrrrrl}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
-    assert r"Wall (s)$\downarrow$$^{a}$" in tex and r"Tokens/s$\uparrow$$^{c}$" in tex
+    assert r"\begin{tabular}{lrrrrrrrrl}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
+    assert r"Wall (s)$\downarrow$$^{a}$" in tex and r"Tokens/s$\uparrow$$^{d}$" in tex
     assert r"\textbf{11.0$\pm$1.4}" in tex and r"cpu (x86\_64, 1 thread)" in tex
     assert r"20.0$^\dagger$" in tex and r"$^{\dagger}$ mean over the seeds" in tex
     assert " & -- & " in tex  # gpt2's GPU memory
-    assert page.startswith("<!DOCTYPE html>") and "<th>Tokens/s ↑<sup>c</sup></th>" in page
+    assert page.startswith("<!DOCTYPE html>") and "<th>Tokens/s ↑<sup>d</sup></th>" in page
     assert "<b>11.0 ± 1.4</b>" in page and '<td class="t">2 × NVIDIA H100 80GB HBM3</td>' in page
     rows = {r["model"]: r for r in csv.DictReader(cost_tables["csv"].splitlines())}
     assert rows["della"]["device"] == "2 × NVIDIA H100 80GB HBM3" and rows["della"]["device_n"] == "2"
     assert float(rows["gpt2"]["parameters"]) == pytest.approx(1.5) and rows["gpt2"]["cuda_max_allocated_mb"] == ""
+    # device hours: train loop seconds x processes / 3600 (gpt2: 6 and 8 s on one CPU; della: 3 s on 2 GPUs)
+    assert float(rows["gpt2"]["device_hours"]) == pytest.approx(7 / 3600)
+    assert float(rows["della"]["device_hours"]) == pytest.approx(6 / 3600)
 
 
 @pytest.mark.parametrize("provenance, text", [
