@@ -575,6 +575,12 @@ LEGEND = ("↑/↓: higher/lower is better. Mean ± std over seeds; with one see
           "(not equal at the shown precision, and its ± range clear of the runner-up's). –: no value.")
 
 
+def fixed(x: float, decimals: int) -> str:
+    """x at `decimals`, without the sign of a negative number that rounds to zero ("-0.00")."""
+    text = f"{x:.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 @dataclass
 class Rendering:
     """Everything the output formats share."""
@@ -619,9 +625,9 @@ class Rendering:
             return style.escape(cell.text)
         if cell.mean is None:
             return style.missing
-        text = f"{cell.mean:.{decimals}f}"
+        text = fixed(cell.mean, decimals)
         if cell.error is not None:
-            text += f"{style.pm}{cell.error:.{decimals}f}"
+            text += f"{style.pm}{fixed(cell.error, decimals)}"
         return (style.bold.format(text) if cell.bold else text) + (style.partial if cell.partial else "")
 
 

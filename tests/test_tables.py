@@ -197,8 +197,9 @@ def test_bold_only_beyond_the_spread(tmp_path, values, bold):
 
 
 def test_single_seed_shows_its_standard_error_and_several_seeds_their_std(tmp_path):
-    md = one_column(tmp_path, {"a": [(4.861, 0.0312)], "b": [(5.0, 0.5), (6.0, 0.01)]})
+    md = one_column(tmp_path, {"a": [(4.861, 0.0312)], "b": [(5.0, 0.5), (6.0, 0.01)], "c": [(-0.001, 0.002)]})
     assert cell(md, "D", "a", "iw_ppl") == "4.86 ± 0.03"
+    assert cell(md, "D", "c", "iw_ppl").strip("*") == "0.00 ± 0.00"  # not "-0.00" (bold: the lowest)
     assert cell(md, "D", "b", "iw_ppl") == "5.50 ± 0.71"  # std over seeds, not a seed's stderr
     assert f"4.86{NBSP}±{NBSP}0.03" in md  # does not wrap
     rows = {r["model"]: r for r in csv.DictReader((tmp_path / "results/tables/table1.csv").open())}
