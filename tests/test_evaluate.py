@@ -142,3 +142,30 @@ def test_metric_entry_keeps_a_finite_stderr_only_beside_a_finite_value():
     assert "stderr" not in spec.entry(0.25) and "stderr" not in spec.entry(0.25, stderr=float("nan"))
     missing = spec.entry(None, error="too few", stderr=0.03)
     assert missing["value"] is None and missing["error"] == "too few" and "stderr" not in missing
+
+
+def test_the_kl_entries_equal_the_closed_form_of_known_posteriors_and_priors():
+    """DELLA whose latent heads are constants: q(z_l | x, z_<l) = N(1, 0.5^2) in every layer, p(z_1) =
+    N(0, 1) and p(z_l | z_<l) = N(0.3, 2^2) above it (the recurrence is tanh(0) = 0). Per dimension
+    KL(N(a, s^2) || N(b, t^2)) = log(t / s) + (s^2 + (a - b)^2) / (2 t^2) - 1/2, summed over p = 4 dims
+    and over the 3 layers (`kl`), or averaged over them (`kl_layer_mean`, the official code's)."""
+    model = tiny_model("della", begin_layer=0, end_layer=2, latent_size=4)
+    p = model.latent_size
+    with torch.no_grad():
+        for module in (model.recog_x, model.recog_h, model.prior, model.cell_ih, model.cell_hh):
+            for param in module.parameters():
+                param.zero_()
+        model.recog_x.bias[:, :p], model.recog_x.bias[:, p:] = 1.0, 2 * math.log(0.5)
+        model.prior.bias[:, :p], model.prior.bias[:, p:] = 0.3, 2 * math.log(2.0)
+
+    def kl(a, s, b, t):
+        return p * (math.log(t / s) + (s ** 2 + (a - b) ** 2) / (2 * t ** 2) - 0.5)
+
+    layers = [kl(1.0, 0.5, 0.0, 1.0), kl(1.0, 0.5, 0.3, 2.0), kl(1.0, 0.5, 0.3, 2.0)]
+    assert model.n_groups == 3
+    acc = collect(model, _split(LENGTHS), 4, 3, "cpu")
+    out = representation_metrics(model, acc, k=4, mi_batch_size=None)
+    assert out["kl"]["value"] == pytest.approx(sum(layers), rel=1e-5)
+    assert out["kl_layer_mean"]["value"] == pytest.approx(sum(layers) / 3, rel=1e-5)
+    assert out["kl"]["details"]["per_group"] == pytest.approx(layers, rel=1e-5)
+    assert out["neg_elbo"]["value"] == pytest.approx(out["kl"]["value"] + acc["rec_nll"].mean().item(), rel=1e-6)
