@@ -38,6 +38,16 @@ def hf_gpt2(backbone, head: bool = False):
     return hf.eval()
 
 
+def hf_bart(backbone):
+    """Hugging Face's BartForConditionalGeneration holding a BartBackbone's weights and logits bias."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    hf = BartForConditionalGeneration(BartConfig.from_dict(backbone.bart.config.to_dict()))
+    hf.model.load_state_dict(backbone.bart.state_dict())
+    hf.final_logits_bias.copy_(backbone.final_logits_bias)
+    return hf.eval()
+
+
 def random_batch(b: int = 4, t: int = 9, seed: int = 0, pad_last: int = 3):
     """Sentences [<s>, tokens..., </s>] right-padded; the last row is shorter by pad_last."""
     g = torch.Generator().manual_seed(seed)

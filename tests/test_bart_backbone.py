@@ -130,3 +130,89 @@ def test_pretrained_loads_from_a_local_directory_with_its_logits_bias(tmp_path):
     ours = BartBackbone.build(cfg, V, bos_token_id=0, eos_token_id=2, pad_token_id=1).eval()
     torch.testing.assert_close(ours.final_logits_bias, hf.final_logits_bias, atol=0, rtol=0)
     torch.testing.assert_close(ours.wte.weight, hf.model.shared.weight, atol=0, rtol=0)
+
+
+SHAPES = [dict(vocab_size=V, d_model=D, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4,
+               decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=48, max_position_embeddings=24,
+               pad_token_id=1),
+          dict(vocab_size=40, d_model=24, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+               decoder_attention_heads=2, encoder_ffn_dim=40, decoder_ffn_dim=40, max_position_embeddings=8,
+               pad_token_id=0, scale_embedding=True, init_std=0.05, activation_function="relu")]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_seed_gives_the_weights_and_random_stream_of_transformers_bart(shape):
+    """Our BartModel draws its initial weights as HF's BartModel(config) does (every number recorded
+    with the latter's weights stays valid, and so does whatever the seed draws after the backbone);
+    the same parameters in the same order (an optimizer's saved state lines up)."""
+    from transformers import BartModel as HFBartModel
+
+    from della.models.bart_backbone import BartConfig as OurConfig
+    from della.models.bart_backbone import BartModel
+
+    torch.manual_seed(3)
+    hf, hf_next = HFBartModel(BartConfig(**shape)), torch.rand(4)
+    torch.manual_seed(3)
+    ours, ours_next = BartModel(OurConfig(**shape)), torch.rand(4)
+    expected, got = hf.state_dict(), ours.state_dict()
+    assert list(got) == list(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in hf.named_parameters()]
+    assert torch.equal(ours_next, hf_next)
+    assert ours.encoder.embed_tokens.weight is ours.decoder.embed_tokens.weight is ours.shared.weight
+
+
+@torch.no_grad()
+def test_relu_and_scaled_embeddings_change_our_pass_as_they_change_transformers():
+    from della.models.bart_backbone import BartConfig as OurConfig
+    from della.models.bart_backbone import BartModel
+    from tests.conftest import hf_bart
+
+    ours = BartBackbone(BartModel(OurConfig(**{**SHAPES[1], "dropout": 0.0}))).eval()
+    src, src_mask = batch(2, 7, seed=1, pad_last=2)
+    tgt, _ = batch(2, 5, seed=2)
+    src, tgt = src % 40, tgt % 40
+    expected = hf_bart(ours)(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt).logits
+    got = ours.lm_logits(ours.decode(tgt, ours.encode(src, src_mask).hidden, src_mask).hidden)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_the_config_round_trips_through_transformers_and_old_checkpoints_load():
+    from della.models.bart_backbone import BartConfig as OurConfig
+
+    ours = OurConfig(**SHAPES[1])
+    assert OurConfig.from_dict(BartConfig.from_dict(ours.to_dict()).to_dict()) == ours
+    old = BartConfig(**SHAPES[0]).to_dict()  # what checkpoints saved before the BART modules were ours
+    assert OurConfig.from_dict(old) == OurConfig(**SHAPES[0])
+    with pytest.raises(ValueError, match="model_type 'gpt2'"):
+        OurConfig.from_dict({**old, "model_type": "gpt2"})
+    with pytest.raises(ValueError, match="divisible"):
+        OurConfig(d_model=10, encoder_attention_heads=3)
+
+
+def test_a_model_pickles():
+    """torch.save(model) and spawned processes pickle the module (activations included)."""
+    import pickle
+
+    from della.models.bart_backbone import BartConfig as OurConfig
+    from della.models.bart_backbone import BartModel
+
+    model = BartModel(OurConfig(**SHAPES[1]))
+    copy = pickle.loads(pickle.dumps(model))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), copy.state_dict().values()))
+
+
+def test_a_pretrained_directory_loads_its_weights_resized_to_the_vocab(tmp_path):
+    hf = tiny_bart(seed=1)
+    hf.save_pretrained(tmp_path / "bart")
+    saved = BartForConditionalGeneration.from_pretrained(tmp_path / "bart").model.state_dict()
+    cfg = BackboneConfig(pretrained=str(tmp_path / "bart"))
+    same = BartBackbone.build(cfg, V, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    assert all(torch.equal(same.bart.state_dict()[k], saved[k]) for k in saved)
+    assert all(p.requires_grad and p.device.type == "cpu" for p in same.parameters())
+    torch.manual_seed(1)
+    grown, grown_next = BartBackbone.build(cfg, V + 3, bos_token_id=0, eos_token_id=2, pad_token_id=1), torch.rand(4)
+    torch.manual_seed(1)  # transformers' own load and resize: the same new rows, the same draws after
+    hf = BartForConditionalGeneration.from_pretrained(tmp_path / "bart")
+    hf.resize_token_embeddings(V + 3)
+    assert torch.equal(grown.wte.weight, hf.model.shared.weight) and torch.equal(grown_next, torch.rand(4))
+    assert grown.bart.config.vocab_size == V + 3

@@ -9,13 +9,12 @@ import json
 
 import pytest
 import torch
-from transformers import BartForConditionalGeneration
 
 from della.config import BackboneConfig
 from della.estimators import iw_batch
 from della.models import MODELS, runs_on
 from della.models.base import Condition, LatentModel, build_model
-from tests.conftest import VOCAB, random_batch, tiny_model
+from tests.conftest import VOCAB, hf_bart, random_batch, tiny_model
 
 BART = BackboneConfig(kind="bart", n_layer=3, n_embd=32, n_head=2, n_positions=32, dropout=0.0)
 PARADIGMS = ["embed", "memory", "softmax", "della"]
@@ -57,9 +56,7 @@ def share_backbone(model: LatentModel, like: LatentModel) -> LatentModel:
 def test_plain_bart_logits_equal_hf_bart_for_conditional_generation():
     model = bart_model("bart")
     model.backbone.final_logits_bias.normal_()  # zeros in the checkpoints; random so the test sees it
-    hf = BartForConditionalGeneration(model.backbone.bart.config).eval()
-    hf.model.load_state_dict(model.backbone.bart.state_dict())
-    hf.final_logits_bias.copy_(model.backbone.final_logits_bias)
+    hf = hf_bart(model.backbone)
     ids, mask, cond = bart_batch()
     logits, _ = model.decode(ids, model.sample_prior(3, condition=cond), condition=cond)
     expected = hf(input_ids=cond.ids, attention_mask=cond.mask, decoder_input_ids=ids,

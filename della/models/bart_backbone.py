@@ -1,9 +1,11 @@
-"""The BART encoder-decoder, run by our own forward over Hugging Face `BartModel` weights.
+"""The BART encoder-decoder: Hugging Face `BartModel`'s weight names and initialisation in a module
+tree of our own, run by our own forward.
 
 The second backbone beside the GPT-2 one (`della/models/backbone.py`), for the conditional tasks
-the paper runs on BART-base (CNN/DM, Quora). The weights are HF's (so `facebook/bart-base` loads by
-name or local dir), the forward pass is ours, so each latent-injection paradigm gets its hook into
-the decoder:
+the paper runs on BART-base (CNN/DM, Quora). A pretrained BART (`facebook/bart-base` by name or a
+local dir) is loaded by transformers and its weights assigned to our modules; a BART built from a
+config imports no transformers (a job's start-up is mostly imports). Each latent-injection paradigm
+gets its hook into the decoder:
 
 - `embed`:   (N, d) added to every decoder input embedding (token * scale + position), before
              BART's `layernorm_embedding` (Embedding paradigm);
@@ -21,18 +23,156 @@ reconstruction (reference §5.1): the paper does not give it.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from della.config import BackboneConfig
-from della.models.backbone import can_inspect
+from della.models.backbone import ACTIVATIONS, can_inspect
 
-if TYPE_CHECKING:  # transformers is imported where a backbone is built: a DAG parse needs none
-    from transformers import BartForConditionalGeneration, BartModel
+if TYPE_CHECKING:  # transformers is imported only to load a pretrained BART
+    from transformers import BartForConditionalGeneration
+
+@dataclass
+class BartConfig:
+    """The shape of a BART, under the keys (and defaults) of Hugging Face's `BartConfig`, so `to_dict()`
+    loads there and a checkpoint's HF dict loads here."""
+
+    vocab_size: int = 50265
+    max_position_embeddings: int = 1024
+    d_model: int = 1024
+    encoder_layers: int = 12
+    decoder_layers: int = 12
+    encoder_attention_heads: int = 16
+    decoder_attention_heads: int = 16
+    encoder_ffn_dim: int = 4096
+    decoder_ffn_dim: int = 4096
+    activation_function: str = "gelu"
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    init_std: float = 0.02
+    scale_embedding: bool = False
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 0
+    eos_token_id: int | None = 2
+    decoder_start_token_id: int | None = 2
+    forced_eos_token_id: int | None = 2
+
+    def __post_init__(self):
+        if self.d_model % self.encoder_attention_heads or self.d_model % self.decoder_attention_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by the number of attention heads "
+                             f"({self.encoder_attention_heads}, {self.decoder_attention_heads})")
+        if self.activation_function not in ACTIVATIONS:
+            raise ValueError(f"activation_function {self.activation_function!r} is not one of {sorted(ACTIVATIONS)}")
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "BartConfig":
+        """From an HF BART config dict (a checkpoint's, or config.json); its other keys are HF's bookkeeping."""
+        if config.get("model_type", "bart") != "bart":
+            raise ValueError(f"not a BART config: model_type {config['model_type']!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": "bart", "is_encoder_decoder": True, **dataclasses.asdict(self)}
+
+
+class ScaledEmbedding(nn.Embedding):
+    """Token embeddings times `embed_scale` (sqrt(d_model) when config.scale_embedding)."""
+
+    def __init__(self, n: int, d: int, padding_idx: int | None, embed_scale: float):
+        super().__init__(n, d, padding_idx)
+        self.embed_scale = embed_scale
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids) * self.embed_scale
+
+
+class BartAttention(nn.Module):
+    def __init__(self, d: int, n_head: int, dropout: float):
+        super().__init__()
+        self.k_proj, self.v_proj, self.q_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
+        self.dropout = dropout
+        self.scaling = (d // n_head) ** -0.5
+
+
+class BartLayer(nn.Module):
+    """An encoder layer (self-attention, FFN), or with `cross` a decoder layer (self-attention,
+    cross-attention over the encoder, FFN); post-norm. Submodules in HF's registration order."""
+
+    def __init__(self, config: BartConfig, cross: bool):
+        super().__init__()
+        d = config.d_model
+        heads, ffn = ((config.decoder_attention_heads, config.decoder_ffn_dim) if cross
+                      else (config.encoder_attention_heads, config.encoder_ffn_dim))
+        self.self_attn = BartAttention(d, heads, config.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.dropout = config.dropout
+        self.activation_fn = ACTIVATIONS[config.activation_function]
+        self.activation_dropout = config.activation_dropout
+        if cross:
+            self.encoder_attn = BartAttention(d, heads, config.attention_dropout)
+            self.encoder_attn_layer_norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, ffn)
+        self.fc2 = nn.Linear(ffn, d)
+        self.final_layer_norm = nn.LayerNorm(d)
+
+
+class BartStack(nn.Module):
+    """The encoder or (`decoder`) the decoder: token and learned position embeddings (BART offsets
+    positions by 2), the layers, a LayerNorm over the embeddings. Initialised as it is built, as
+    HF's sub-models are (their `post_init`)."""
+
+    def __init__(self, config: BartConfig, decoder: bool):
+        super().__init__()
+        d = config.d_model
+        self.dropout = config.dropout
+        scale = math.sqrt(d) if config.scale_embedding else 1.0
+        self.embed_tokens = ScaledEmbedding(config.vocab_size, d, config.pad_token_id, scale)  # tied by BartModel
+        self.embed_positions = nn.Embedding(config.max_position_embeddings + 2, d)
+        n = config.decoder_layers if decoder else config.encoder_layers
+        self.layers = nn.ModuleList(BartLayer(config, cross=decoder) for _ in range(n))
+        self.layernorm_embedding = nn.LayerNorm(d)
+        init_weights(self, config.init_std)
+
+
+class BartModel(nn.Module):
+    """The shared token embedding, the encoder and the decoder (HF's `BartModel` weights)."""
+
+    def __init__(self, config: BartConfig):
+        super().__init__()
+        self.config = config
+        scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.shared = ScaledEmbedding(config.vocab_size, config.d_model, config.pad_token_id, scale)
+        self.encoder = BartStack(config, decoder=False)
+        self.decoder = BartStack(config, decoder=True)
+        init_weights(self.shared, config.init_std)
+        self.encoder.embed_tokens = self.decoder.embed_tokens = self.shared  # tied, as HF ties them
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """transformers 5's BART initialisation, draw for draw: N(0, std) for every Linear and Embedding
+    weight (an Embedding's padding row then 0), zero biases, unit LayerNorms, over the modules
+    children first. With the modules' own constructor draws before it, the same seed gives HF's weights."""
+    for child in module.children():
+        init_weights(child, std)
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        with torch.no_grad():
+            module.weight[module.padding_idx].zero_()
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
 
 # Per decoder layer: self-attention keys and values (N, H, T_past, hd), then the cross-attention
 # keys and values over the encoder states (N, H, S, hd), computed once at the first step.
@@ -75,19 +215,23 @@ class BartBackbone(nn.Module):
 
     @classmethod
     def from_hf(cls, model: BartForConditionalGeneration) -> "BartBackbone":
-        """Share the weights (and the logits bias) of an HF BART LM."""
-        return cls(model.model, model.final_logits_bias)
+        """Our BART sharing the weights (and the logits bias) of an HF BART LM."""
+        with torch.device("meta"):  # no memory and no random draws for weights about to be replaced
+            bart = BartModel(BartConfig.from_dict(model.config.to_dict()))
+        bart.load_state_dict(model.model.state_dict(), strict=True, assign=True)
+        return cls(bart, model.final_logits_bias)
 
     @classmethod
     def build(cls, cfg: BackboneConfig, vocab_size: int, *, bos_token_id: int, eos_token_id: int,
               pad_token_id: int) -> "BartBackbone":
-        """Pretrained by name or local dir (`cfg.pretrained`), or a small BART from `cfg`: n_layer
-        encoder and n_layer decoder layers, FFN 4 * n_embd, `cfg.dropout` on every dropout."""
-        from transformers import BartConfig, BartForConditionalGeneration, BartModel
-
+        """Pretrained by name or local dir (`cfg.pretrained`, loaded by transformers, the embeddings
+        resized by it when the vocabulary differs), or a small BART from `cfg`: n_layer encoder and
+        n_layer decoder layers, FFN 4 * n_embd, `cfg.dropout` on every dropout."""
         special_ids = dict(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
         if cfg.pretrained:
-            model = BartForConditionalGeneration.from_pretrained(cfg.pretrained, attn_implementation="sdpa")
+            from transformers import BartForConditionalGeneration
+
+            model = BartForConditionalGeneration.from_pretrained(cfg.pretrained)
             if model.config.vocab_size != vocab_size:
                 model.resize_token_embeddings(vocab_size)
             model.config.update(special_ids)
@@ -105,8 +249,6 @@ class BartBackbone(nn.Module):
     @classmethod
     def from_config(cls, config: dict) -> "BartBackbone":
         """The exact shape of a saved backbone (its HF config as a dict); the weights are loaded after."""
-        from transformers import BartConfig, BartModel
-
         return cls(BartModel(BartConfig.from_dict(config)))
 
     @property
