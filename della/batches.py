@@ -104,6 +104,23 @@ def shuffled_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     return [order[i: i + batch_size] for i in range(0, n, batch_size)]
 
 
+def rank_batches(batches: list[list[int]], rank: int, world: int) -> list[tuple[list[int], float]]:
+    """This process's part of each global batch and the weight of its mean loss. A batch splits into
+    `world` contiguous parts whose sizes differ by at most one (a full batch: rank r's batch_size
+    examples from r * batch_size); the weight n_r * world / n makes DDP's mean over the ranks the
+    mean over the batch's examples. A last batch with fewer examples than processes is dropped: a
+    rank cannot run on none, and each must join every gradient all-reduce."""
+    out = []
+    for batch in batches:
+        if len(batch) < world:
+            continue
+        size, extra = divmod(len(batch), world)
+        start = rank * size + min(rank, extra)
+        part = batch[start: start + size + (rank < extra)]
+        out.append((part, len(part) * world / len(batch)))
+    return out
+
+
 def length_sorted_batches(seqs: list[list[int]], batch_size: int) -> Iterator[list[int]]:
     """Index batches of similar lengths (less padding) for evaluation; order does not change sums."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))

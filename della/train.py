@@ -39,7 +39,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from della import host_memory
-from della.batches import EncodedSplit, collate_batch, encode_split, length_sorted_batches, shuffled_batches
+from della.batches import (EncodedSplit, collate_batch, encode_split, length_sorted_batches, rank_batches,
+                           shuffled_batches)
 from della.config import ConfigError, RunConfig, TrainConfig
 from della.flops import matmul_precision, peak_tflops, train_flops_per_sequence
 from della.io import atomic_write_binary, atomic_write_json, atomic_write_text, md5sum, naming_a_full_disk
@@ -242,10 +243,12 @@ CHECKPOINT_KEYS = {"model", "optimizer", "epoch", "step", "beta", "log_lines", "
                    "rng", "fingerprint", "recipe", "warm_start"}
 
 
-def load_checkpoint(path: Path, device) -> dict:
-    """A checkpoint's state; CheckpointError for a corrupt one, UnsafeCheckpoint for a foreign pickle."""
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's state, on the host (torch.set_rng_state takes only a CPU tensor; the model and
+    the optimizer copy their states to their own device); CheckpointError for a corrupt one,
+    UnsafeCheckpoint for a foreign pickle."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" in str(err):
             raise UnsafeCheckpoint(
@@ -321,7 +324,7 @@ class Trainer:
         if n < self.global_batch:
             raise ValueError(f"{self.train_split.path}: {n} examples, fewer than one batch "
                              f"(train.batch_size = {tc.batch_size} x {self.dist.world} processes)")
-        micro_batches = -(-n // self.global_batch)
+        micro_batches = n // self.global_batch + (n % self.global_batch >= self.dist.world)  # as rank_batches
         self.steps_per_epoch = -(-micro_batches // tc.grad_accum)
         torch.manual_seed(cfg.seed * 1_000 + self.dist.rank)  # own dropout and posterior noise per rank
         self.trained = self.model if self.dist.world == 1 else DistributedDataParallel(
@@ -411,7 +414,7 @@ class Trainer:
         corrupt, unusable = [], []
         for path in paths:
             try:
-                state = load_checkpoint(path, self.device)
+                state = load_checkpoint(path)
             except UnsafeCheckpoint:
                 raise
             except CheckpointError as err:
@@ -521,17 +524,17 @@ class Trainer:
         group) accumulate in a device tensor and reach the host once per logged step (and at the
         end of the epoch), where the log lines and the finiteness check of every step since are done."""
         tc, seqs = self.cfg.train, self.train_split.sequences
-        rank, bs = self.dist.rank, tc.batch_size
-        batches = shuffled_batches(len(seqs), self.global_batch, seed=self.cfg.seed * 100_003 + self.epoch)
+        batches = rank_batches(shuffled_batches(len(seqs), self.global_batch, seed=self.cfg.seed * 100_003 + self.epoch),
+                               self.dist.rank, self.dist.world)
         pending = []  # (step, beta, lr, device sums) of the steps since the last host sync
         for first in range(0, len(batches), tc.grad_accum):
-            group = [b[rank * bs: (rank + 1) * bs] for b in batches[first: first + tc.grad_accum]]
+            group = batches[first: first + tc.grad_accum]
             self.optimizer.zero_grad(set_to_none=True)
             sums = torch.zeros(4 + self.model.n_groups, dtype=torch.float64, device=self.device)
             # β as a device tensor: a compiled step does not recompile when it changes, and it is no
             # CPU input (a changing Python float becomes one, which inductor keeps out of CUDA graphs)
             beta = to_device(torch.tensor(self.beta), self.device)
-            for i, idx in enumerate(group):
+            for i, (idx, weight) in enumerate(group):
                 ids, mask, condition = self._batch(idx)
                 last = i == len(group) - 1
                 sync = contextlib.nullcontext() if last or self.dist.world == 1 else self.trained.no_sync()
@@ -539,7 +542,7 @@ class Trainer:
                     begin_step(tc.compile)
                     with autocast(self.device, tc.precision):
                         out = self.trained(ids, mask, beta, condition)
-                    (out.loss / len(group)).backward()
+                    (out.loss * weight / len(group)).backward()
                 sums[:3] += torch.stack([out.loss.detach().double() * len(idx), out.ce.detach().sum().double(),
                                          out.n_tokens.sum().double()])
                 sums[3] += len(idx)

@@ -47,3 +47,25 @@ def test_two_gloo_processes_match_one_process_with_the_doubled_batch(corpus, tmp
     written = sorted(p.name for p in (tmp_path / "ddp").iterdir())
     assert written == ["checkpoint", "config.yaml", "model", "run.json", "train-log.jsonl"]
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoint").iterdir()) == ["last.pt", "previous.pt"]
+
+
+def test_a_last_batch_split_unevenly_is_weighted_by_each_ranks_share(corpus, tmp_path):
+    """95 training sentences: global batches of 40, 40 and 15, the last split 8 / 7 between the two
+    ranks (before: 15 / 0, and rank 1 crashed on its empty slice). Each rank's mean loss weighs
+    n_r x 2 / 15, so the gradient is the batch's mean and gpt2 trains as one process would."""
+    import shutil
+
+    data = tmp_path / "corpus"
+    shutil.copytree(corpus, data)
+    train = data / "data" / "train.txt"
+    train.write_text("".join(train.read_text().splitlines(keepends=True)[:95]))
+    ddp_cfg = _config(data, tmp_path / "ddp.yaml", "gpt2", 20)
+    one_cfg = _config(data, tmp_path / "one.yaml", "gpt2", 40)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "della", "train", "--config", str(ddp_cfg), "--out", str(tmp_path / "ddp")]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "della", "train", "--config", str(one_cfg), "--out", str(tmp_path / "one")],
+                   check=True, capture_output=True, timeout=300)
+    ddp, one = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
+    assert len(ddp) == len(one) == 6  # 3 steps x 2 epochs
+    assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(ddp, one))

@@ -61,3 +61,29 @@ def test_two_nccl_processes_match_one_process_with_the_doubled_batch(corpus, tmp
     assert abs(ddp[-1] - one[-1]) <= tolerance * abs(one[-1])
     run = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert run["provenance"]["world_size"] == 2 and run["provenance"]["device"]["type"] == "cuda"
+
+
+@pytest.mark.skipif(GPUS < 1, reason="no CUDA device: resuming on a GPU needs one")
+def test_a_gpu_run_killed_in_epoch_2_resumes_from_its_checkpoint(corpus, tmp_path, monkeypatch):
+    """The checkpoint loads to the host: its RNG states must (torch.set_rng_state takes only a CPU
+    tensor; loading them onto the GPU made every resume on a GPU crash). The resumed run ends with
+    the uninterrupted run's steps and log length (GPU kernels need not repeat bit for bit)."""
+    from della.train import Trainer, train
+    from tests.test_train import _log, run_config
+
+    cfg = run_config(corpus, device="cuda")
+    whole = train(cfg, tmp_path / "whole")
+    original = Trainer._train_epoch
+
+    def killed_in_epoch_2(self, bar):
+        original(self, bar)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed")
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    resumed = train(cfg, tmp_path / "resumed")
+    assert resumed["resumed_from"]["epoch"] == 1
+    assert resumed["steps"] == whole["steps"] and len(_log(tmp_path / "resumed")) == len(_log(tmp_path / "whole"))
