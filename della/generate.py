@@ -55,13 +55,17 @@ def penalize_repeats(logits: torch.Tensor, ids: torch.Tensor, penalty: float) ->
     return logits.scatter(1, ids, torch.where(seen > 0, seen / penalty, seen * penalty))
 
 
-def _step_logits(model, ids, z, cache, cfg: GenerateConfig, n_new: int, condition: Condition | None):
+def _next_scores(model, ids, z, cache, cfg: GenerateConfig, n_new: int, condition: Condition | None,
+                 log_probs: bool = False):
+    """The next token's logits (log-probabilities for beam search, as HF's beam search takes them)
+    after the repetition penalty and, before min_new_tokens, the block on </s>."""
     logits, cache = model.decode(ids if cache is None else ids[:, -1:], z, cache=cache, use_cache=True,
                                  condition=condition)
-    logits = penalize_repeats(logits[:, -1].float(), ids, cfg.repetition_penalty)
+    scores = logits[:, -1].float()
+    scores = penalize_repeats(scores.log_softmax(-1) if log_probs else scores, ids, cfg.repetition_penalty)
     if n_new < cfg.min_new_tokens:
-        logits[:, model.vocab.eos_id] = float("-inf")
-    return logits, cache
+        scores[:, model.vocab.eos_id] = float("-inf")
+    return scores, cache
 
 
 def new_token_limit(model: LatentModel, prompt_length: int, cfg: GenerateConfig) -> int:
@@ -84,7 +88,7 @@ def sample_or_greedy(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig, g
     done = torch.zeros(n, dtype=torch.bool, device=z.device)
     cache = None
     for step in range(new_token_limit(model, P, cfg)):
-        logits, cache = _step_logits(model, ids, z, cache, cfg, step, condition)
+        logits, cache = _next_scores(model, ids, z, cache, cfg, step, condition)
         if cfg.strategy == "greedy":
             nxt = logits.argmax(-1)
         else:
@@ -101,8 +105,14 @@ def sample_or_greedy(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig, g
 @torch.no_grad()
 def beam_search(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig, prompt: torch.Tensor | None = None,
                 condition: Condition | None = None) -> list[list[int]]:
-    """Per example, keep num_beams hypotheses; a hypothesis ending in </s> is finished with the
-    score log p / length (length penalty 1); stop once every example has num_beams finished."""
+    """Hugging Face generate's beam search (transformers 5; length penalty 1, no early stopping, as
+    the official code ran it). Per example num_beams running hypotheses; at each step the 2 x
+    num_beams best continuations (summed log-probabilities, the repetition penalty and min_new_tokens'
+    </s> block applied to the log-probabilities) give the next running beams, the best num_beams not
+    ending in </s>, and the finished hypotheses: those among the best num_beams that end in </s>,
+    or all of them at the length limit, scored by their summed log-probability over their new tokens
+    (</s> included). The num_beams best finished are kept; an example stops once its best running
+    beam, scored at the current length, cannot beat the worst of them. Returns each example's best."""
     n, nb, eos = z.shape[0], cfg.num_beams, model.vocab.eos_id
     prompt = bos_prompt(model, n) if prompt is None else prompt
     P = prompt.shape[1]
@@ -111,39 +121,35 @@ def beam_search(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig, prompt
     condition = None if condition is None else condition.rows(beams_of)
     scores = torch.full((n, nb), float("-inf"), device=z.device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]
-    cache = None
-    for step in range(new_token_limit(model, P, cfg)):
-        logits, cache = _step_logits(model, ids, z, cache, cfg, step, condition)
-        V = logits.shape[-1]
-        total = (scores.view(-1, 1) + logits.log_softmax(-1)).view(n, nb * V)
-        top_scores, top = total.topk(2 * nb, dim=1)  # enough candidates to keep nb alive
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]  # (score, tokens), best first
+    improvable = [True] * n
+    cache, limit = None, new_token_limit(model, P, cfg)
+    for step in range(limit):
+        log_probs, cache = _next_scores(model, ids, z, cache, cfg, step, condition, log_probs=True)
+        V = log_probs.shape[-1]
+        top_scores, top = (scores.view(-1, 1) + log_probs).view(n, nb * V).topk(2 * nb, dim=1)
         beam, token = top // V, top % V
-        keep_rows, keep_tokens, keep_scores = [], [], []
+        ends = (token == eos) | (step == limit - 1)  # a stopping criterion: </s>, or the length limit
         for i in range(n):
-            alive = 0
-            for s, b, t in zip(top_scores[i].tolist(), beam[i].tolist(), token[i].tolist()):
-                row = i * nb + b
-                if t == eos:
-                    if len(finished[i]) < nb and s > float("-inf"):
-                        finished[i].append((s / (step + 1), ids[row, P:].tolist()))
-                    continue
-                keep_rows.append(row), keep_tokens.append(t), keep_scores.append(s)
-                alive += 1
-                if alive == nb:
-                    break
-        rows = torch.tensor(keep_rows, device=z.device)
-        ids = torch.cat([ids[rows], torch.tensor(keep_tokens, device=z.device)[:, None]], 1)
-        scores = torch.tensor(keep_scores, device=z.device).view(n, nb)
+            if not improvable[i]:
+                continue
+            for s, b, t, end in zip(top_scores[i, :nb].tolist(), beam[i, :nb].tolist(), token[i, :nb].tolist(),
+                                    ends[i, :nb].tolist()):
+                if end and s > float("-inf"):
+                    tokens = ids[i * nb + b, P:].tolist() + ([] if t == eos else [t])
+                    finished[i].append((s / (step + 1), tokens))
+            finished[i] = sorted(finished[i], key=lambda c: -c[0])[:nb]
+        running = top_scores.masked_fill(token == eos, float("-inf")).topk(nb, dim=1)
+        scores = running.values
+        rows = (beam.gather(1, running.indices) + torch.arange(n, device=z.device)[:, None] * nb).view(-1)
+        ids = torch.cat([ids[rows], token.gather(1, running.indices).view(-1, 1)], 1)
         cache = [tuple(t.index_select(0, rows) for t in layer) for layer in cache]
-        if all(len(f) >= nb for f in finished):
+        best_running = (scores[:, 0] / (step + 1)).tolist()
+        worst = [f[-1][0] if len(f) == nb else float("-inf") for f in finished]
+        improvable = [ok and best > w for ok, best, w in zip(improvable, best_running, worst)]
+        if not any(improvable):
             break
-    out = []
-    for i in range(n):
-        pool = finished[i] or [(scores[i, b].item() / (ids.shape[1] - P), ids[i * nb + b, P:].tolist())
-                               for b in range(nb)]
-        out.append(max(pool, key=lambda c: c[0])[1])
-    return out
+    return [f[0][1] if f else [] for f in finished]
 
 
 def _strip(tokens: list[int], eos: int) -> list[int]:
@@ -152,8 +158,10 @@ def _strip(tokens: list[int], eos: int) -> list[int]:
 
 def decode_rows(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig, generator, prompt: torch.Tensor,
                 condition: Condition | None) -> list[list[int]]:
-    if cfg.strategy == "beam":
+    if cfg.strategy == "beam" and cfg.num_beams > 1:
         return beam_search(model, z, cfg, prompt, condition)
+    if cfg.strategy == "beam":  # one beam is greedy search, as in HF generate
+        cfg = replace(cfg, strategy="greedy")
     return sample_or_greedy(model, z, cfg, generator, prompt, condition)
 
 
@@ -211,7 +219,8 @@ DECODING_FLAGS = {
     "--top-p": ("top_p", float, "sample: keep the smallest set with this probability"),
     "--temperature": ("temperature", float, "sample: divide the logits by this"),
     "--num-beams": ("num_beams", int, "beam: hypotheses per sample"),
-    "--repetition-penalty": ("repetition_penalty", float, "CTRL's penalty on tokens already generated (1: off)"),
+    "--repetition-penalty": ("repetition_penalty", float,
+                             "CTRL's penalty on every token already in the sequence, the prompt included (1: off)"),
     "--max-new-tokens": ("max_new_tokens", int, "tokens after <s>, </s> included"),
     "--min-new-tokens": ("min_new_tokens", int, "</s> is blocked before this many tokens"),
     "--n-samples": ("n_samples", int, "how many samples"),

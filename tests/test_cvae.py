@@ -13,7 +13,7 @@ from della.config import GenerateConfig
 from della.data.conditional import Pair, encode_pairs
 from della.estimators import iw_batch
 from della.generate import beam_search, generate_continuations, penalize_repeats, sample_or_greedy
-from della.models.base import LatentModel, gaussian_kl, gaussian_log_density
+from della.models.base import Condition, LatentModel, gaussian_kl, gaussian_log_density
 from tests.conftest import VOCAB, tiny_model
 
 LATENT_MODELS = ["embed", "memory", "softmax", "della"]
@@ -134,8 +134,11 @@ def test_cached_conditional_generation_equals_recomputing_the_prefix(name):
             ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
     naive = [r[: r.index(VOCAB.eos_id)] if VOCAB.eos_id in r else r for r in ids[:, 4:].tolist()]
     assert sample_or_greedy(model, z, cfg, None, prompt, sub) == naive
-    one_beam = GenerateConfig(**{**vars(cfg), "strategy": "beam", "num_beams": 1})
-    assert beam_search(model, z, one_beam, prompt, sub) == naive  # the beams' caches and conditions reorder
+    # the beams' caches and conditions reorder; without a repetition penalty (beam search takes it on the
+    # log-probabilities, as HF's does) one beam is greedy
+    plain = GenerateConfig(**{**vars(cfg), "repetition_penalty": 1.0})
+    one_beam = GenerateConfig(**{**vars(plain), "strategy": "beam", "num_beams": 1})
+    assert beam_search(model, z, one_beam, prompt, sub) == sample_or_greedy(model, z, plain, None, prompt, sub)
 
 
 def test_continuations_are_one_per_pair_in_order_and_exclude_the_prompt():
@@ -220,3 +223,27 @@ def test_a_conditional_run_trains_evaluates_and_generates(tmp_path, name):
     assert record["n"] == 8 and "continuation only" in record["conditional"]["output"]
     sources = {p.source for p in read_pairs(data / "test.jsonl")}
     assert not any(s and s in sources for s in samples)  # the prompt is not part of the output
+
+
+@torch.no_grad()
+def test_beam_search_of_a_gpt2_cvae_equals_transformers_generate():
+    """The plain GPT-2 CVAE, peaky, three prompts (source + </s>) at once: our beam search gives HF
+    generate's continuations with the official code's settings (length penalty 1, no early stopping)."""
+    from tests.conftest import hf_gpt2
+
+    eos = VOCAB.eos_id
+    for seed in range(3):
+        model = tiny_model("gpt2", seed=seed, conditional=True)
+        model.backbone.gpt2.wte.weight.mul_(8.0)
+        model.backbone.gpt2.wte.weight[eos] *= 1.4
+        source = torch.randint(3, VOCAB.size, (3, 5), generator=torch.Generator().manual_seed(seed))
+        prompt = torch.cat([source, torch.full((3, 1), eos)], 1)
+        condition = Condition(prompt, torch.ones_like(prompt, dtype=torch.float), torch.full((3,), 6))
+        cfg = GenerateConfig(strategy="beam", num_beams=3, max_new_tokens=10, min_new_tokens=3, repetition_penalty=1.2)
+        ours = beam_search(model, torch.zeros(3, 0, 0), cfg, prompt, condition)
+        out = hf_gpt2(model.backbone, head=True).generate(
+            prompt, attention_mask=torch.ones_like(prompt), num_beams=3, early_stopping=False, length_penalty=1.0,
+            max_new_tokens=10, min_new_tokens=3, repetition_penalty=1.2, do_sample=False, eos_token_id=eos,
+            pad_token_id=VOCAB.pad_id)
+        expected = [r[: r.index(eos)] if eos in r else [t for t in r if t != VOCAB.pad_id] for r in out[:, 6:].tolist()]
+        assert ours == expected, seed

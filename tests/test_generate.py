@@ -10,10 +10,11 @@ import torch
 
 from della.config import GenerateConfig
 from della.evaluate import evaluate
-from della.generate import beam_search, filter_logits, generate_texts, penalize_repeats, sample_or_greedy
+from della.generate import (beam_search, decode_rows, filter_logits, generate_texts, penalize_repeats,
+                            sample_or_greedy)
 from della.run import load_trained
 from della.train import train
-from tests.conftest import tiny_model
+from tests.conftest import hf_gpt2, tiny_model
 from tests.test_train import run_config
 
 
@@ -39,10 +40,42 @@ def test_cached_greedy_generation_equals_recomputing_the_prefix(name):
 
 
 def test_beam_search_of_width_one_is_greedy():
+    """As in HF generate: one beam decodes greedily (the repetition penalty on the logits)."""
     model = tiny_model("della")
     z = model.sample_prior(4, generator=torch.Generator().manual_seed(1))
-    greedy = sample_or_greedy(model, z, GenerateConfig(strategy="greedy", max_new_tokens=10), None)
-    assert beam_search(model, z, GenerateConfig(strategy="beam", num_beams=1, max_new_tokens=10)) == greedy
+    greedy = sample_or_greedy(model, z, GenerateConfig(strategy="greedy", max_new_tokens=10, repetition_penalty=1.2), None)
+    one_beam = GenerateConfig(strategy="beam", num_beams=1, max_new_tokens=10, repetition_penalty=1.2)
+    assert decode_rows(model, z, one_beam, None, None, None) == greedy
+
+
+def _peaky_lm(seed: int, eos_boost: float):
+    """A tiny GPT-2 LM with peaky next-token distributions (scaled embeddings), </s> made likelier."""
+    model = tiny_model("gpt2", seed=seed)
+    with torch.no_grad():
+        model.backbone.gpt2.wte.weight.mul_(8.0)
+        model.backbone.gpt2.wte.weight[model.vocab.eos_id] *= eos_boost
+    return model
+
+
+@pytest.mark.parametrize("num_beams, penalty", [(3, 1.0), (3, 1.2), (5, 1.2)])
+def test_beam_search_equals_transformers_generate(num_beams, penalty):
+    """HF generate's beam search as the official code ran it (length penalty 1, no early stopping;
+    the repetition penalty and min_new_tokens on the log-probabilities): the same text from 8 peaky
+    LMs, where hypotheses ending in </s> compete with beams cut at the length limit."""
+    for seed in range(4):
+        for boost in (1.0, 1.5):
+            model = _peaky_lm(seed, boost)
+            vocab = model.vocab
+            cfg = GenerateConfig(strategy="beam", num_beams=num_beams, max_new_tokens=12, min_new_tokens=3,
+                                 repetition_penalty=penalty)
+            ours = beam_search(model, model.sample_prior(1), cfg)
+            bos = torch.full((1, 1), vocab.bos_id)
+            out = hf_gpt2(model.backbone, head=True).generate(
+                bos, attention_mask=torch.ones_like(bos), do_sample=False, num_beams=num_beams, early_stopping=False,
+                length_penalty=1.0, max_new_tokens=12, min_new_tokens=3, repetition_penalty=penalty,
+                eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id, bos_token_id=vocab.bos_id)
+            row = out[0, 1:].tolist()
+            assert ours == [row[: row.index(vocab.eos_id)] if vocab.eos_id in row else row], (seed, boost)
 
 
 def test_beam_search_finds_a_sequence_at_least_as_likely_as_greedy():

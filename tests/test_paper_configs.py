@@ -85,6 +85,7 @@ def test_paper_configs_ask_for_the_papers_scale(name):
             strategy = entry["generate"]["strategy"]
             assert strategy == ("beam" if entry["model"] == "della" else "sample")
             assert strategy == "beam" or entry["generate"]["top_k"] > 0
+            assert entry["generate"]["repetition_penalty"] == 1.2  # every strategy (reference §7.2)
     if name == "table2":  # WP as Table 1 (beam for DELLA, top-k for the baselines); CNN/DM beam for all
         for model in cfg["datasets"]["cnndm"]["models"]:
             assert cfg["models"][model]["generate"]["strategy"] == "beam"
