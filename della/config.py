@@ -37,6 +37,41 @@ TASKS = ("lm", "conditional")  # a language model of sentences | source -> targe
 CONDITIONAL_SOURCES = ("jsonl", "hf-conditional", "synthetic-conditional")  # dataset sources of a conditional task
 
 
+def check_number(where: str, value: Any, low: float, *, integer: bool = False, above: bool = False,
+                 high: float | None = None, optional: bool = False) -> None:
+    """A ConfigError naming `where` unless `value` is a number (an integer) >= low (> low with
+    `above`) and <= high, or None when `optional`: a hand-written run config gets the workflow schema's
+    bounds (tests/test_reliability.py checks the two agree)."""
+    if optional and value is None:
+        return
+    number = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+    if number and (value > low if above else value >= low) and (high is None or value <= high):
+        return
+    valid = f"{'an integer' if integer else 'a number'} {'>' if above else '>='} {low:g}"
+    valid += (f" and <= {high:g}" if high is not None else "") + (" or null" if optional else "")
+    raise ConfigError(f"{where} = {value!r}; valid: {valid}")
+
+
+def check_numbers(section: str, config: Any, bounds: dict[str, dict[str, Any]]) -> None:
+    for key, bound in bounds.items():
+        check_number(f"{section}.{key}", getattr(config, key), **bound)
+
+
+COUNT, POSITIVE = dict(low=1, integer=True), dict(low=0, above=True)  # the common bounds
+BACKBONE_BOUNDS = {"n_layer": COUNT, "n_embd": COUNT, "n_head": COUNT, "n_positions": COUNT,
+                   "dropout": dict(low=0, high=1)}
+TRAIN_BOUNDS = {"epochs": COUNT, "batch_size": COUNT, "grad_accum": COUNT, "lr": POSITIVE, "adam_eps": POSITIVE,
+                "weight_decay": dict(low=0), "grad_clip": {**POSITIVE, "optional": True}, "beta": dict(low=0),
+                "beta_0": dict(low=0), "cycle_epochs": dict(low=2, integer=True), "warmup_epochs": POSITIVE,
+                "max_length": dict(low=3, integer=True), "max_train_lines": {**COUNT, "optional": True},
+                "threads": COUNT, "log_every": COUNT}
+EVAL_BOUNDS = {"iw_samples": COUNT, "batch_size": COUNT, "mi_batch_size": {**COUNT, "optional": True},
+               "max_lines": {**COUNT, "optional": True}}
+GENERATE_BOUNDS = {"n_samples": COUNT, "top_k": dict(low=0, integer=True), "top_p": {**POSITIVE, "high": 1},
+                   "temperature": POSITIVE, "num_beams": COUNT, "repetition_penalty": POSITIVE,
+                   "max_new_tokens": COUNT, "min_new_tokens": dict(low=0, integer=True), "batch_size": COUNT}
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     kind: str = "gpt2"  # gpt2 (decoder only) | bart (encoder-decoder, conditional tasks)
@@ -50,6 +85,7 @@ class BackboneConfig:
     def __post_init__(self):
         if self.kind not in BACKBONE_KINDS:
             raise ConfigError(f"backbone.kind = {self.kind!r}; valid: {list(BACKBONE_KINDS)}")
+        check_numbers("backbone", self, BACKBONE_BOUNDS)
 
 
 @dataclass(frozen=True)
@@ -79,6 +115,7 @@ class TrainConfig:
     reuse_host_memory: bool | str = "auto"  # auto: keep freed CPU memory for reuse on a CPU run (della.host_memory)
 
     def __post_init__(self):
+        check_numbers("train", self, TRAIN_BOUNDS)
         if self.resume not in RESUME_MODES:
             raise ConfigError(f"train.resume = {self.resume!r}; valid: {list(RESUME_MODES)}")
         if self.precision not in PRECISIONS:
@@ -103,6 +140,7 @@ class EvalConfig:
     iw_rows: int | str = "auto"  # sequences per IW decoder pass; auto: 128 on the CPU, what fits on CUDA
 
     def __post_init__(self):
+        check_numbers("evaluate", self, EVAL_BOUNDS)
         if self.iw_rows != "auto" and (isinstance(self.iw_rows, bool) or not isinstance(self.iw_rows, int)
                                        or self.iw_rows < 1):
             raise ConfigError(f"evaluate.iw_rows = {self.iw_rows!r}; valid: auto or an integer >= 1")
@@ -120,6 +158,9 @@ class GenerateConfig:
     max_new_tokens: int = 40
     min_new_tokens: int = 3  # </s> is blocked before this many tokens (the code: prompt + 3)
     batch_size: int = 50
+
+    def __post_init__(self):
+        check_numbers("generate", self, GENERATE_BOUNDS)
 
 
 @dataclass(frozen=True)

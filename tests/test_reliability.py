@@ -316,3 +316,38 @@ def test_a_misspelt_model_arg_fails_the_dry_run(tmp_path):
     proc = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "config.yaml"), timeout=300)
     assert proc.returncode != 0
     assert "models.della-official.args: unknown key 'kl_agregate'" in proc.stdout + proc.stderr
+
+
+SECTIONS = {"backbone": "BackboneConfig", "train": "TrainConfig", "evaluate": "EvalConfig", "generate": "GenerateConfig"}
+
+
+def _numeric_bounds():
+    """(section, key, property) of every run-config key the workflow schema bounds."""
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
+    for section in SECTIONS:
+        for key, prop in schema[section]["properties"].items():
+            if {"minimum", "exclusiveMinimum", "maximum"} & set(prop):
+                yield pytest.param(section, key, prop, id=f"{section}.{key}")
+
+
+@pytest.mark.parametrize("section, key, prop", list(_numeric_bounds()))
+def test_a_hand_written_run_config_gets_the_schemas_bounds_naming_the_key(section, key, prop):
+    """`python -m della train --config` reads run configs the schema never saw (hand-written, or
+    `run-config --resolved`): out of the schema's bounds, or of the wrong type, is a ConfigError
+    naming the key, not a ZeroDivisionError or a silent gradient ascent (grad_clip < 0)."""
+    import della.config
+
+    cls = getattr(della.config, SECTIONS[section])
+    integer = "integer" in (prop["type"] if isinstance(prop["type"], list) else [prop["type"]])
+    bad = []
+    if "minimum" in prop:
+        bad.append(prop["minimum"] - (1 if integer else 0.5))
+        cls(**{key: prop["minimum"]})  # the bound itself is valid
+    if "exclusiveMinimum" in prop:
+        bad.append(prop["exclusiveMinimum"])
+    if "maximum" in prop:
+        bad.append(prop["maximum"] + 1)
+    bad.append("5e-4" if not integer else 2.5)  # PyYAML reads 5e-4 as a string; 2.5 is no integer
+    for value in bad:
+        with pytest.raises(ConfigError, match=rf"^{section}\.{key} = "):
+            cls(**{key: value})
