@@ -4,7 +4,8 @@ results/<experiment>/runs/<dataset>/<model>/seed<seed>/
   config.yaml        the resolved run config (input)
   checkpoint/        last.pt and previous.pt: resume state after the last two finite epochs (model,
                      optimizer, RNG, β, log length, the fingerprint of the training recipe)
-  checkpoint.stale/  checkpoints of an earlier recipe, moved aside when training starts afresh
+  checkpoint.stale/  <fingerprint>/: an earlier recipe's checkpoints and train log, moved aside when
+                     training starts afresh, taken back when that recipe runs again
   model/             the final model (config.json + model.pt), self-describing
   train-log.jsonl    one line per optimizer step (and per-epoch validation lines)
   run.json           provenance, costs and training summary; written last

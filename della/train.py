@@ -231,6 +231,16 @@ def recipe_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changes
 
 
+def checkpoint_fingerprint(directory: Path) -> str:
+    """The recipe fingerprint of a checkpoint directory's newest readable checkpoint ("unreadable")."""
+    for name in ("last.pt", "previous.pt"):
+        try:
+            return load_checkpoint(directory / name)["fingerprint"]
+        except (CheckpointError, FileNotFoundError):
+            continue
+    return "unreadable"
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
 
@@ -372,8 +382,16 @@ class Trainer:
         self.dist.barrier()
 
     def resume(self) -> None:
-        """Continue from the newest usable checkpoint (train.resume), or move the others aside."""
+        """Continue from the newest usable checkpoint (train.resume), or move the others aside; under
+        train.resume = auto, checkpoints of this recipe moved aside earlier come back first."""
         found, stale = self._usable_checkpoint()
+        kept = self.run.stale_checkpoints / self.fingerprint[:16]
+        if found is None and self.cfg.train.resume == "auto" and kept.is_dir():
+            self.dist.barrier()  # every rank has read the checkpoints before rank 0 may move them
+            if self.dist.is_main:
+                self._restore_checkpoints(kept, stale)
+            self.dist.barrier()
+            found, stale = self._usable_checkpoint()
         self.dist.barrier()  # every rank has read the checkpoints before rank 0 may move them
         if found is None:
             if self.dist.is_main:
@@ -447,11 +465,25 @@ class Trainer:
         return None
 
     def _move_checkpoints_aside(self, why: str) -> None:
-        stale = self.run.stale_checkpoints
+        """checkpoint/ and its train log -> checkpoint.stale/<its recipe's fingerprint>/, where a later
+        run of that recipe finds them (`_restore_checkpoints`); nothing of another recipe is lost."""
+        stale = self.run.stale_checkpoints / checkpoint_fingerprint(self.run.checkpoint_dir)[:16]
         shutil.rmtree(stale, ignore_errors=True)
+        stale.parent.mkdir(exist_ok=True)
+        if self.run.train_log.exists():
+            shutil.copy2(self.run.train_log, self.run.checkpoint_dir / self.run.train_log.name)
         os.replace(self.run.checkpoint_dir, stale)
         log.warning("not resuming (%s): moved %s aside to %s; training from scratch",
                     why, self.run.checkpoint_dir, stale)
+
+    def _restore_checkpoints(self, kept: Path, why: str | None) -> None:
+        """This recipe's checkpoints (and train log) back from checkpoint.stale/, the current ones aside."""
+        if self.run.checkpoint_dir.exists():
+            self._move_checkpoints_aside(why or "no usable checkpoint")
+        if (kept / self.run.train_log.name).exists():
+            os.replace(kept / self.run.train_log.name, self.run.train_log)
+        os.replace(kept, self.run.checkpoint_dir)
+        log.warning("restored the checkpoints of this training recipe from %s", kept)
 
     def _truncate_log(self, n: int) -> None:
         lines = self.run.train_log.read_text().splitlines(keepends=True) if self.run.train_log.exists() else []

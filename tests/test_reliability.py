@@ -62,7 +62,23 @@ def test_a_changed_lr_trains_from_scratch_like_a_fresh_run(cfg, tmp_path, caplog
     train(cfg(lr=5e-4), tmp_path / "fresh")
     assert summary["resumed_from"] is None and same_run(tmp_path / "run", tmp_path / "fresh")
     assert "optimisation.train.lr: 0.001 -> 0.0005" in caplog.text
-    assert torch.load(tmp_path / "run" / "checkpoint.stale" / "last.pt", weights_only=True)["epoch"] == 1
+    aside, = (tmp_path / "run" / "checkpoint.stale").iterdir()  # named by its recipe's fingerprint
+    assert torch.load(aside / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_switching_back_to_a_recipe_resumes_its_checkpoints_moved_aside(cfg, tmp_path):
+    """lr A, then B, then A again: A's finished checkpoint comes back from checkpoint.stale/ (with its
+    train log) and is reused, nothing retrains; B's stays aside for its turn."""
+    first = train(cfg(lr=1e-3), tmp_path / "run")
+    log_a = (tmp_path / "run" / "train-log.jsonl").read_text()
+    weights_a = weights(tmp_path / "run")
+    train(cfg(lr=5e-4), tmp_path / "run")
+    again = train(cfg(lr=1e-3), tmp_path / "run")
+    assert again["resumed_from"] is not None and again["steps"] == first["steps"]
+    assert all(torch.equal(weights_a[k], v) for k, v in weights(tmp_path / "run").items())
+    assert (tmp_path / "run" / "train-log.jsonl").read_text() == log_a
+    kept, = (tmp_path / "run" / "checkpoint.stale").glob("*/last.pt")  # B's
+    assert torch.load(kept, weights_only=True)["optimizer"]["param_groups"][0]["lr"] == 5e-4
 
 
 def test_a_changed_lr_and_more_epochs_train_from_scratch(cfg, tmp_path):
@@ -135,7 +151,7 @@ def test_resume_never_trains_from_scratch(cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_train_epoch", lambda self, bar: calls.append(1) or original(self, bar))
     summary = train(cfg(resume="never"), tmp_path / "run")
     assert calls == [1] and summary["resumed_from"] is None
-    assert (tmp_path / "run" / "checkpoint.stale" / "last.pt").exists()
+    assert list((tmp_path / "run" / "checkpoint.stale").glob("*/last.pt"))
 
 
 def test_resume_weights_only_keeps_weights_and_counters_with_a_fresh_optimizer(cfg, tmp_path):
