@@ -158,10 +158,10 @@ def _strip(tokens: list[int], eos: int) -> list[int]:
 
 def decode_rows(model: LatentModel, z: torch.Tensor, cfg: GenerateConfig, generator, prompt: torch.Tensor,
                 condition: Condition | None) -> list[list[int]]:
-    if cfg.strategy == "beam" and cfg.num_beams > 1:
-        return beam_search(model, z, cfg, prompt, condition)
-    if cfg.strategy == "beam":  # one beam is greedy search, as in HF generate
+    if cfg.strategy == "beam" and cfg.num_beams == 1:  # one beam is greedy search, as in HF generate
         cfg = replace(cfg, strategy="greedy")
+    if cfg.strategy == "beam":
+        return beam_search(model, z, cfg, prompt, condition)
     return sample_or_greedy(model, z, cfg, generator, prompt, condition)
 
 

@@ -232,11 +232,11 @@ def read_sheet(path: Path, items: dict[str, Any], criteria: list[str]) -> dict[s
 
 def row_label(model: str, labels: dict[str, str]) -> str:
     """`--label`'s, else the paper's name of a registered model (della -> DELLA), else the name."""
-    from della.models import MODELS, paper_name
+    from della.models import MODELS, default_label
 
     if model in labels:
         return labels[model]
-    return (paper_name(model) if model in MODELS.names() else None) or model
+    return default_label(model) if model in MODELS.names() else model
 
 
 def score_block(dataset: str, key: dict[str, Any], sheets: list[Path], della: str,

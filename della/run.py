@@ -49,6 +49,10 @@ class RunDir:
     def stale_checkpoints(self) -> Path:
         return self.root / "checkpoint.stale"
 
+    def stale_checkpoints_of(self, fingerprint: str) -> Path:
+        """The folder of one training recipe's checkpoints moved aside."""
+        return self.stale_checkpoints / fingerprint[:16]
+
     @property
     def model(self) -> Path:
         return self.root / "model"

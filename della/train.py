@@ -385,12 +385,12 @@ class Trainer:
         """Continue from the newest usable checkpoint (train.resume), or move the others aside; under
         train.resume = auto, checkpoints of this recipe moved aside earlier come back first."""
         found, stale = self._usable_checkpoint()
-        kept = self.run.stale_checkpoints / self.fingerprint[:16]
+        kept = self.run.stale_checkpoints_of(self.fingerprint)
         if found is None and self.cfg.train.resume == "auto" and kept.is_dir():
             self.dist.barrier()  # every rank has read the checkpoints before rank 0 may move them
             if self.dist.is_main:
                 self._restore_checkpoints(kept, stale)
-            self.dist.barrier()
+            self.dist.barrier()  # and rank 0 has put them back before any rank reads again
             found, stale = self._usable_checkpoint()
         self.dist.barrier()  # every rank has read the checkpoints before rank 0 may move them
         if found is None:
@@ -467,7 +467,7 @@ class Trainer:
     def _move_checkpoints_aside(self, why: str) -> None:
         """checkpoint/ and its train log -> checkpoint.stale/<its recipe's fingerprint>/, where a later
         run of that recipe finds them (`_restore_checkpoints`); nothing of another recipe is lost."""
-        stale = self.run.stale_checkpoints / checkpoint_fingerprint(self.run.checkpoint_dir)[:16]
+        stale = self.run.stale_checkpoints_of(checkpoint_fingerprint(self.run.checkpoint_dir))
         shutil.rmtree(stale, ignore_errors=True)
         stale.parent.mkdir(exist_ok=True)
         if self.run.train_log.exists():

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 from transformers import BartConfig, BartForConditionalGeneration
+from transformers import BartModel as HFBartModel
 
 from della.config import BackboneConfig
-from della.models.bart_backbone import BartBackbone, DecoderInjection
+from della.models.bart_backbone import BartBackbone, BartModel, DecoderInjection
+from della.models.bart_backbone import BartConfig as OurConfig
+from tests.conftest import hf_bart
 
 V, D, LAYERS = 50, 32, 3
 
@@ -145,11 +150,6 @@ def test_a_seed_gives_the_weights_and_random_stream_of_transformers_bart(shape):
     """Our BartModel draws its initial weights as HF's BartModel(config) does (every number recorded
     with the latter's weights stays valid, and so does whatever the seed draws after the backbone);
     the same parameters in the same order (an optimizer's saved state lines up)."""
-    from transformers import BartModel as HFBartModel
-
-    from della.models.bart_backbone import BartConfig as OurConfig
-    from della.models.bart_backbone import BartModel
-
     torch.manual_seed(3)
     hf, hf_next = HFBartModel(BartConfig(**shape)), torch.rand(4)
     torch.manual_seed(3)
@@ -163,9 +163,6 @@ def test_a_seed_gives_the_weights_and_random_stream_of_transformers_bart(shape):
 
 @torch.no_grad()
 def test_relu_and_scaled_embeddings_change_our_pass_as_they_change_transformers():
-    from della.models.bart_backbone import BartConfig as OurConfig
-    from della.models.bart_backbone import BartModel
-    from tests.conftest import hf_bart
 
     ours = BartBackbone(BartModel(OurConfig(**{**SHAPES[1], "dropout": 0.0}))).eval()
     src, src_mask = batch(2, 7, seed=1, pad_last=2)
@@ -177,8 +174,6 @@ def test_relu_and_scaled_embeddings_change_our_pass_as_they_change_transformers(
 
 
 def test_the_config_round_trips_through_transformers_and_old_checkpoints_load():
-    from della.models.bart_backbone import BartConfig as OurConfig
-
     ours = OurConfig(**SHAPES[1])
     assert OurConfig.from_dict(BartConfig.from_dict(ours.to_dict()).to_dict()) == ours
     old = BartConfig(**SHAPES[0]).to_dict()  # what checkpoints saved before the BART modules were ours
@@ -191,11 +186,6 @@ def test_the_config_round_trips_through_transformers_and_old_checkpoints_load():
 
 def test_a_model_pickles():
     """torch.save(model) and spawned processes pickle the module (activations included)."""
-    import pickle
-
-    from della.models.bart_backbone import BartConfig as OurConfig
-    from della.models.bart_backbone import BartModel
-
     model = BartModel(OurConfig(**SHAPES[1]))
     copy = pickle.loads(pickle.dumps(model))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), copy.state_dict().values()))

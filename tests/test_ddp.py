@@ -28,18 +28,24 @@ def _losses(run):
             if json.loads(line)["split"] == "train"]
 
 
-@pytest.mark.parametrize("model, tolerance", [("gpt2", 1e-5), ("della", 0.05)])
-def test_two_gloo_processes_match_one_process_with_the_doubled_batch(corpus, tmp_path, model, tolerance):
-    """gpt2 has no sampling, so the two runs agree to float precision; DELLA's posterior noise
-    differs per rank (each rank draws its own), so it agrees within 5% relative."""
-    ddp_cfg = _config(corpus, tmp_path / "ddp.yaml", model, 8)
-    one_cfg = _config(corpus, tmp_path / "one.yaml", model, 16)
+def _two_processes_and_one(corpus, tmp_path, model, batch_size):
+    """Train losses of torchrun with 2 gloo processes at batch_size each (run dir tmp_path/ddp) and of
+    one process at twice the batch (tmp_path/one)."""
+    ddp_cfg = _config(corpus, tmp_path / "ddp.yaml", model, batch_size)
+    one_cfg = _config(corpus, tmp_path / "one.yaml", model, 2 * batch_size)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "della", "train", "--config", str(ddp_cfg), "--out", str(tmp_path / "ddp")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     subprocess.run([sys.executable, "-m", "della", "train", "--config", str(one_cfg), "--out", str(tmp_path / "one")],
                    check=True, capture_output=True, timeout=300)
-    ddp, one = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
+    return _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
+
+
+@pytest.mark.parametrize("model, tolerance", [("gpt2", 1e-5), ("della", 0.05)])
+def test_two_gloo_processes_match_one_process_with_the_doubled_batch(corpus, tmp_path, model, tolerance):
+    """gpt2 has no sampling, so the two runs agree to float precision; DELLA's posterior noise
+    differs per rank (each rank draws its own), so it agrees within 5% relative."""
+    ddp, one = _two_processes_and_one(corpus, tmp_path, model, 8)
     assert len(ddp) == len(one) == 12  # 96 examples / 16 per global batch x 2 epochs
     assert abs(ddp[-1] - one[-1]) <= tolerance * abs(one[-1])
     run = json.loads((tmp_path / "ddp" / "run.json").read_text())
@@ -59,13 +65,6 @@ def test_a_last_batch_split_unevenly_is_weighted_by_each_ranks_share(corpus, tmp
     shutil.copytree(corpus, data)
     train = data / "data" / "train.txt"
     train.write_text("".join(train.read_text().splitlines(keepends=True)[:95]))
-    ddp_cfg = _config(data, tmp_path / "ddp.yaml", "gpt2", 20)
-    one_cfg = _config(data, tmp_path / "one.yaml", "gpt2", 40)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "della", "train", "--config", str(ddp_cfg), "--out", str(tmp_path / "ddp")]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-    subprocess.run([sys.executable, "-m", "della", "train", "--config", str(one_cfg), "--out", str(tmp_path / "one")],
-                   check=True, capture_output=True, timeout=300)
-    ddp, one = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
+    ddp, one = _two_processes_and_one(data, tmp_path, "gpt2", 20)
     assert len(ddp) == len(one) == 6  # 3 steps x 2 epochs
     assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(ddp, one))

@@ -41,6 +41,20 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {  # functions,
 }
 
 
+def check_activation(name: str) -> None:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation_function {name!r} is not one of {sorted(ACTIVATIONS)}")
+
+
+def hf_config_fields(cls: type, config: dict[str, Any], model_type: str) -> dict[str, Any]:
+    """The keys of an HF config dict (a checkpoint's, or config.json) that dataclass `cls`, a config
+    under HF's names, has; its other keys are HF's bookkeeping. Its model_type must be `model_type`."""
+    if config.get("model_type", model_type) != model_type:
+        raise ValueError(f"not a {model_type} config: model_type {config['model_type']!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in config.items() if k in names}
+
+
 HF_ALIASES = {"hidden_size": "n_embd", "num_attention_heads": "n_head", "num_hidden_layers": "n_layer",
               "max_position_embeddings": "n_positions"}  # transformers' GPT2Config.attribute_map
 
@@ -70,21 +84,15 @@ class GPT2Config:
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.activation_function not in ACTIVATIONS:
-            raise ValueError(f"activation_function {self.activation_function!r} is not one of {sorted(ACTIVATIONS)}")
+        check_activation(self.activation_function)
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "GPT2Config":
-        """From an HF GPT-2 config dict (a checkpoint's, or config.json), HF's generic names for the shape
-        accepted too: its other keys are HF's bookkeeping, except cross-attention, which this decoder
-        does not have."""
-        if config.get("model_type", "gpt2") != "gpt2":
-            raise ValueError(f"not a GPT-2 config: model_type {config['model_type']!r}")
+        """From an HF GPT-2 config dict, HF's generic names for the shape accepted too; not one with
+        cross-attention, which this decoder does not have."""
         if config.get("add_cross_attention"):
             raise ValueError("a GPT-2 with cross-attention (add_cross_attention) is not supported")
-        config = {HF_ALIASES.get(k, k): v for k, v in config.items()}
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names})
+        return cls(**hf_config_fields(cls, {HF_ALIASES.get(k, k): v for k, v in config.items()}, "gpt2"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": "gpt2", **dataclasses.asdict(self)}

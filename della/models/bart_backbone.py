@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from della.config import BackboneConfig
-from della.models.backbone import ACTIVATIONS, can_inspect
+from della.models.backbone import ACTIVATIONS, can_inspect, check_activation, hf_config_fields
 
 if TYPE_CHECKING:  # transformers is imported only to load a pretrained BART
     from transformers import BartForConditionalGeneration
@@ -68,16 +68,12 @@ class BartConfig:
         if self.d_model % self.encoder_attention_heads or self.d_model % self.decoder_attention_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by the number of attention heads "
                              f"({self.encoder_attention_heads}, {self.decoder_attention_heads})")
-        if self.activation_function not in ACTIVATIONS:
-            raise ValueError(f"activation_function {self.activation_function!r} is not one of {sorted(ACTIVATIONS)}")
+        check_activation(self.activation_function)
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "BartConfig":
-        """From an HF BART config dict (a checkpoint's, or config.json); its other keys are HF's bookkeeping."""
-        if config.get("model_type", "bart") != "bart":
-            raise ValueError(f"not a BART config: model_type {config['model_type']!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names})
+        """From an HF BART config dict (a checkpoint's, or config.json)."""
+        return cls(**hf_config_fields(cls, config, "bart"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": "bart", "is_encoder_decoder": True, **dataclasses.asdict(self)}
