@@ -29,8 +29,8 @@ RESUME_MODES = ("auto", "never", "weights-only")
 # the loop (a checkpoint after fewer epochs is resumed exactly), `log_every` only thins the log and
 # `resume` only says what to reuse. Validation (evaluate.*) draws from its own seeded stream.
 # `fused_adam`, `compile`, `pad_to_multiple` and `reuse_host_memory` are speed switches: the same maths, equal
-# to float rounding (tests/test_speed_switches.py; more pads do enter the official DELLA's unmasked pooling,
-# config/README).
+# to float rounding (tests/test_speed_switches.py), except that more pads enter the official DELLA's
+# unmasked pooling: there `pad_to_multiple` is in the recipe (RunConfig.training_recipe).
 NOT_IN_RECIPE = {"epochs", "log_every", "resume", "fused_adam", "compile", "pad_to_multiple", "reuse_host_memory"}
 PRECISIONS = ("fp32", "bf16")
 TASKS = ("lm", "conditional")  # a language model of sentences | source -> target (a CVAE)
@@ -199,15 +199,15 @@ class RunConfig:
     def dump(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def resolved_model_args(self) -> dict[str, Any]:
-        """Every field of the model's config dataclass, defaults included, so that a changed default
-        in the code changes the recipe too."""
-        return dataclasses.asdict(MODELS.get(self.model).make_config(self.model_args, f"model_args of {self.model!r}"))
-
     def training_recipe(self) -> dict[str, Any]:
-        """The config keys that determine the trained weights (the fingerprint adds file checksums)."""
-        train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in NOT_IN_RECIPE}
-        return {"architecture": {"model": self.model, "model_args": self.resolved_model_args(),
+        """The config keys that determine the trained weights (the fingerprint adds file checksums):
+        every field of the model's config, defaults included, so that a changed default in the code
+        changes the recipe too; `pad_to_multiple` too for a model whose numbers read the pads."""
+        model_config = MODELS.get(self.model).make_config(self.model_args, f"model_args of {self.model!r}")
+        reads_pads = getattr(model_config, "reads_pads", False)  # only DellaConfig has pads to read
+        left_out = NOT_IN_RECIPE - ({"pad_to_multiple"} if reads_pads else set())
+        train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in left_out}
+        return {"architecture": {"model": self.model, "model_args": dataclasses.asdict(model_config),
                                  "task": self.task, "backbone": dataclasses.asdict(self.backbone)},
                 "optimisation": {"seed": self.seed, "train": train}}
 

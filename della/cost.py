@@ -62,6 +62,21 @@ def device_text(provenance: dict[str, Any]) -> str:
     return f"{world} × {text}" if world > 1 else text
 
 
+def process_provenances(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The provenance of each process that trained a run.json's model (run.json `processes`; a resumed
+    run may have moved machine or commit), oldest first; {} for one whose checkpoint did not record it."""
+    processes = doc.get("processes") or [{"provenance": doc.get("provenance")}]
+    return [p.get("provenance") or {} for p in processes]
+
+
+ACROSS_PROCESSES = " → "  # joins what differs between the processes of one run
+
+
+def over_processes(doc: dict[str, Any], describe) -> str:
+    """What `describe` says of each process's provenance, once per distinct answer: "A", or "A → B"."""
+    return ACROSS_PROCESSES.join(dict.fromkeys(str(describe(p)) for p in process_provenances(doc)))
+
+
 def mfu_signature(doc: dict[str, Any]) -> str:
     """What the MFU was measured against: the matmul precision (run.json `speed`) and the peak."""
     speed, cost = doc.get("speed") or {}, doc.get("cost") or {}
@@ -84,7 +99,7 @@ def run_metrics(doc: dict[str, Any], where: str = "run.json") -> dict[str, dict[
     out["device_hours"] = COST_METRICS["device_hours"].entry(
         None if seconds is None else seconds * (prov.get("world_size") or 1) / 3600, "run.json has no train_seconds")
     out["parameters"] = COST_METRICS["parameters"].entry(doc.get("parameters"))
-    out["device"] = {"text": device_text(prov), "label": "Device"}
+    out["device"] = {"text": over_processes(doc, device_text), "label": "Device"}
     return out
 
 

@@ -18,10 +18,12 @@ CPUINFO = Path("/proc/cpuinfo")
 
 
 def git_commit(repo: Path = Path(__file__).resolve().parents[1]) -> str | None:
+    """HEAD, "+dirty" when the tree differs from it: a changed file, or a new one git does not ignore
+    (a baseline or metric added as one new file runs code that no commit holds)."""
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return out + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

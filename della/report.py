@@ -7,7 +7,8 @@
 - `python -m della samples-page`: the first generated samples of a run, with the generation
   settings of its `samples.json`, as one HTML page.
 - `python -m della provenance`: config, seed, versions, git commit and device of every run, from
-  the `run.json` files, as one HTML page.
+  the `run.json` files, as one HTML page; those of each process that trained it where a resume
+  changed them.
 
 Every output is written atomically. The figures are drawn on a bare matplotlib `Figure` (Agg for
 PNG, the SVG backend for SVG), so no display or pyplot state is involved.
@@ -23,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from della.cost import device_text
+from della.cost import ACROSS_PROCESSES, device_text, over_processes
 from della.io import atomic_write, atomic_write_text, read_json, read_jsonl
 from della.tables import html_document, run_path_parts
 
@@ -182,18 +183,21 @@ def run_samples_page(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------
 # provenance
 
-PROVENANCE_COLUMNS = ["git commit", "device", "world size", "python", "torch", "transformers", "trained at",
-                      "steps", "parameters"]
-SHOULD_AGREE = PROVENANCE_COLUMNS[:6]  # highlighted where runs differ: their numbers may not compare
+def version(package: str):
+    return lambda prov: (prov.get("versions") or {}).get(package)
+
+
+# Columns of each process's provenance: a run resumed on another machine or commit shows "A → B" there.
+PROCESS_COLUMNS = {"git commit": lambda prov: prov.get("git_commit"), "device": device_text,
+                   "world size": lambda prov: prov.get("world_size"), "python": version("python"),
+                   "torch": version("torch"), "transformers": version("transformers")}
+PROVENANCE_COLUMNS = [*PROCESS_COLUMNS, "trained at", "steps", "parameters"]
 
 
 def provenance_row(doc: dict[str, Any]) -> dict[str, Any]:
-    prov = doc.get("provenance") or {}
-    versions = prov.get("versions") or {}
-    return dict(zip(PROVENANCE_COLUMNS, [
-        prov.get("git_commit"), device_text(prov), prov.get("world_size"), versions.get("python"),
-        versions.get("torch"), versions.get("transformers"), prov.get("time"), doc.get("steps"),
-        doc.get("parameters")]))
+    return {**{column: over_processes(doc, describe) for column, describe in PROCESS_COLUMNS.items()},
+            "trained at": (doc.get("provenance") or {}).get("time"), "steps": doc.get("steps"),
+            "parameters": doc.get("parameters")}
 
 
 def provenance_page(paths: list[Path]) -> str:
@@ -206,19 +210,22 @@ def provenance_page(paths: list[Path]) -> str:
             raise ValueError(f"{path}: not a run.json (kind {doc.get('kind')!r})")
         runs.append((run_path_parts(path), path, doc))
     rows = [provenance_row(doc) for _, _, doc in runs]
-    differs = {c for c in SHOULD_AGREE if len({str(r[c]) for r in rows}) > 1}
+    differs = {c for c in PROCESS_COLUMNS if len({str(r[c]) for r in rows}) > 1}
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["dataset", "model", "seed", *PROVENANCE_COLUMNS])
     lines = []
     for ((dataset, model, seed), _, _), row in zip(runs, rows):
         cells = [dataset, model, seed] + [row[c] for c in PROVENANCE_COLUMNS]
-        classes = [' class="name"'] * 3 + [' class="differs"' if c in differs else "" for c in PROVENANCE_COLUMNS]
+        mixed = {c for c in PROCESS_COLUMNS if ACROSS_PROCESSES in str(row[c])}  # within the run
+        classes = [' class="name"'] * 3 + [' class="differs"' if c in differs | mixed else "" for c in PROVENANCE_COLUMNS]
         lines.append("<tr>" + "".join(f"<td{k}>{html.escape(str(v))}</td>" for k, v in zip(classes, cells))
                      + "</tr>")
     body = [f"<p>{len(runs)} run(s). Highlighted columns differ between runs"
-            f"{': ' + ', '.join(sorted(differs)) if differs else ' (none do)'}.</p>",
+            f"{': ' + ', '.join(sorted(differs)) if differs else ' (none do)'}; a highlighted \"A{ACROSS_PROCESSES}B\" "
+            f"is a run whose training was resumed on another commit, machine or version.</p>",
             f"<table><tr>{head}</tr>{''.join(lines)}</table>", "<h3>Every run</h3>"]
     for (dataset, model, seed), path, doc in runs:
-        details = {"seed": doc.get("seed"), "provenance": doc.get("provenance"), "config": doc.get("config")}
+        details = {"seed": doc.get("seed"), "provenance": doc.get("provenance"), "processes": doc.get("processes"),
+                   "config": doc.get("config")}
         body.append(f"<details><summary>{html.escape(f'{dataset} / {model} / seed {seed}')} "
                     f"({html.escape(str(path))})</summary>"
                     f"<pre>{html.escape(yaml.safe_dump(details, sort_keys=False))}</pre></details>")

@@ -348,6 +348,8 @@ class Trainer:
         self.fingerprint = fingerprint(self.recipe)
         self.warm_start = None  # set when train.resume = weights-only took another recipe's weights
         self.resumed_from = None
+        self.earlier_processes: list[dict] = []  # the processes that trained the resumed weights
+        self.started_at, self.provenance = (0, 0), {}  # this process: (epoch, step) it began at, on what
 
     def close(self) -> None:
         """Drop the DDP wrapper, then the process group. Its reducer holds the group too; were it the
@@ -367,6 +369,13 @@ class Trainer:
         return unused
 
     # --- checkpointing ---------------------------------------------------------------------------
+    def processes(self) -> list[dict]:
+        """Every process that trained these weights so far, this one last: the epochs and steps it ran
+        and its provenance (commit, versions, device), so a run resumed elsewhere says so."""
+        epoch, step = self.started_at
+        return [*self.earlier_processes, {"from_epoch": epoch, "to_epoch": self.epoch, "from_step": step,
+                                          "to_step": self.step, "provenance": self.provenance}]
+
     def save_checkpoint(self) -> None:
         """After a finite epoch: last.pt becomes previous.pt, then the new state is written as last.pt."""
         rng = self.dist.gather(rng_state())  # every rank's streams, so a resume is exact
@@ -375,7 +384,7 @@ class Trainer:
                      "epoch": self.epoch, "step": self.step, "beta": self.beta, "log_lines": self.log_lines,
                      "train_seconds": self.train_seconds, "tokens_seen": self.tokens_seen, "rng": rng,
                      "fingerprint": self.fingerprint, "recipe": json.dumps(self.recipe, sort_keys=True),
-                     "warm_start": self.warm_start}
+                     "warm_start": self.warm_start, "processes": self.processes()}
             if self.run.checkpoint.exists():
                 os.replace(self.run.checkpoint, self.run.previous_checkpoint)
             atomic_write_binary(self.run.checkpoint, lambda f: torch.save(state, f))
@@ -415,6 +424,9 @@ class Trainer:
             set_rng_state(state["rng"][self.dist.rank])
         for key in ("epoch", "step", "beta", "log_lines", "train_seconds", "tokens_seen"):
             setattr(self, key, state[key])
+        self.earlier_processes = state.get("processes") or [  # a checkpoint written before they were recorded
+            {"from_epoch": None, "to_epoch": state["epoch"], "from_step": None, "to_step": state["step"],
+             "provenance": None}]
         if self.dist.is_main:
             self._truncate_log(self.log_lines)  # drop lines of the interrupted epoch
         self.resumed_from = {"checkpoint": str(path), "epoch": self.epoch, "weights_only": warm}
@@ -501,6 +513,8 @@ class Trainer:
         tc = self.cfg.train
         self.run.root.mkdir(parents=True, exist_ok=True)
         self.resume()
+        self.started_at = (self.epoch, self.step)
+        self.provenance = {**provenance(self.device), "world_size": self.dist.world}
         self.model.train()
         total = tc.epochs * self.steps_per_epoch
         valid = None
@@ -678,12 +692,13 @@ def _finish(trainer: Trainer, valid: dict, wall: float) -> dict:
         "kind": "run",
         "config": cfg.to_dict(),
         "seed": cfg.seed,
-        "provenance": {**provenance(trainer.device), "world_size": trainer.dist.world},
+        "provenance": trainer.provenance,
         "parameters": sum(p.numel() for p in model.parameters()),
         "latent": {"groups": model.n_groups, "size": model.latent_size},
         "data": {"train": trainer.train_split.summary(), "valid": trainer.valid_split.summary()},
         "steps": trainer.step, "epochs": trainer.epoch,
         "fingerprint": trainer.fingerprint, "resumed_from": trainer.resumed_from, "warm_start": trainer.warm_start,
+        "processes": trainer.processes(),
         "speed": speed_settings(cfg.train, trainer.device),
         "cost": {"train_seconds": trainer.train_seconds, "wall_seconds_this_process": time.perf_counter() - wall,
                  "tokens_seen": trainer.tokens_seen, "tokens_per_second": tokens_per_second,

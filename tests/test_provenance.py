@@ -1,11 +1,12 @@
 """What a run records of the CPU: the model and the kernels torch picked, which decide float rounding."""
 
 import platform
+import subprocess
 
 import pytest
 import torch
 
-from della.provenance import CPU_KERNEL_ENV, cpu_model, describe_device
+from della.provenance import CPU_KERNEL_ENV, cpu_model, describe_device, git_commit
 
 
 @pytest.fixture
@@ -38,3 +39,20 @@ def test_a_cuda_run_records_the_card_and_the_cuda_and_cudnn_builds(monkeypatch):
     info = describe_device(torch.device("cuda"))
     assert info["name"] == "NVIDIA H200" and "cpu" not in info
     assert info["cuda"] == torch.version.cuda and info["cudnn"] == torch.backends.cudnn.version()
+
+
+def test_the_commit_is_dirty_when_a_file_changed_or_a_new_one_is_not_ignored(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text("results/\n")
+    git("add", ".gitignore")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    head = git_commit(tmp_path)
+    assert head and len(head) == 40  # clean
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "run.json").write_text("{}")  # ignored output: still clean
+    assert git_commit(tmp_path) == head
+    (tmp_path / "my_baseline.py").write_text("")  # a new module: code no commit holds
+    assert git_commit(tmp_path) == head + "+dirty"

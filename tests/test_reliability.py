@@ -99,6 +99,33 @@ def test_more_epochs_of_the_same_recipe_continue_exactly(cfg, tmp_path):
     assert [checkpoint(tmp_path / "run", n)["epoch"] for n in ("last.pt", "previous.pt")] == [2, 1]
 
 
+def test_run_json_records_every_process_that_trained_the_weights(cfg, tmp_path, monkeypatch):
+    """A run resumed at another commit (or machine) says so: run.json `processes` lists each process's
+    epochs, steps and provenance; the top-level `provenance` is the last process's."""
+    real = della.train.provenance
+    monkeypatch.setattr(della.train, "provenance", lambda device: {**real(device), "git_commit": "first"})
+    first = train(cfg(epochs=1), tmp_path / "run")
+    monkeypatch.setattr(della.train, "provenance", real)
+    summary = train(cfg(epochs=2), tmp_path / "run")
+    one, two = summary["processes"]
+    assert (one["from_epoch"], one["to_epoch"], two["from_epoch"], two["to_epoch"]) == (0, 1, 1, 2)
+    assert (one["from_step"], one["to_step"], two["to_step"]) == (0, first["steps"], summary["steps"])
+    assert one["provenance"]["git_commit"] == "first" and two["provenance"] == summary["provenance"]
+    assert two["provenance"]["git_commit"] != "first" and two["provenance"]["world_size"] == 1
+    assert checkpoint(tmp_path / "run")["processes"] == summary["processes"]
+
+
+def test_a_checkpoint_without_processes_resumes_with_them_unknown(cfg, tmp_path):
+    train(cfg(epochs=1), tmp_path / "run")
+    state = checkpoint(tmp_path / "run")
+    del state["processes"]  # as written before processes were recorded
+    torch.save(state, tmp_path / "run" / "checkpoint" / "last.pt")
+    summary = train(cfg(epochs=2), tmp_path / "run")
+    assert summary["processes"][0] == {"from_epoch": None, "to_epoch": 1, "from_step": None,
+                                       "to_step": state["step"], "provenance": None}
+    assert summary["processes"][1]["from_epoch"] == 1 and summary["processes"][1]["provenance"]
+
+
 def test_fewer_epochs_reuse_the_previous_checkpoint(cfg, tmp_path, monkeypatch):
     train(cfg(epochs=2), tmp_path / "run")
     previous = checkpoint(tmp_path / "run", "previous.pt")

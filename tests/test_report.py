@@ -123,6 +123,21 @@ def test_cost_table_latex_html_and_csv(cost_tables):
     assert float(rows["della"]["device_hours"]) == pytest.approx(6 / 3600)
 
 
+def test_cost_table_paper_rows_are_table_6s_gpu_hours_under_della(tmp_path):
+    summary = tmp_path / "results" / "cost.csv"
+    main(["aggregate", "--inputs", *map(str, write_cost_fixtures(tmp_path)), "--out", str(summary)])
+    prefix = tmp_path / "results" / "tables" / "cost"
+    main(["table", "--summary", str(summary), "--table", "cost", "--models", "gpt2,della", "--paper",
+          "--paper-model", "della=DELLA", "--paper-dataset", "d=WP", "--out-prefix", str(prefix)])
+    md = prefix.with_suffix(".md").read_text()
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    paper, = [line for line in lines if "↳ *paper*" in line]
+    assert lines.index(paper) == 1 + next(i for i, line in enumerate(lines) if line.startswith("| della |"))
+    cells = [c.strip() for c in paper.strip("|").split("|")]
+    assert cells[3] == "170.00" and set(cells[1:3] + cells[4:]) == {"–"}  # only Device hours: 170h on WP
+    assert "Table 6, Dataset: WritingPrompts" in md and "RTX 3090s" in md
+
+
 @pytest.mark.parametrize("provenance, text", [
     ({"device": CPU, "world_size": 1}, "cpu (x86_64, 1 thread)"),
     ({"device": {**CPU, "torch_threads": 8}}, "cpu (x86_64, 8 threads)"),
@@ -227,6 +242,32 @@ def test_provenance_page_lists_every_run_and_highlights_differences(tmp_path):
     assert "differ between runs: device, git commit, world size" in page
     assert "world_size: 2" in page and "model: della" in page  # the full provenance and config
     assert '<td class="name">della</td>' in page and "td.name{white-space:nowrap}" in page  # names never wrap
+
+
+def resumed_elsewhere(root: Path) -> Path:
+    """A run.json whose training a second process resumed at another commit on a GPU."""
+    first = {"git_commit": "abc0", "device": CPU, "world_size": 1, "versions": {"torch": "2.13"}}
+    second = {"git_commit": "def1", "device": H100, "world_size": 1, "versions": {"torch": "2.13"}}
+    run = root / "results" / "runs" / "d" / "della" / "seed0" / "run.json"
+    run.parent.mkdir(parents=True)
+    run.write_text(json.dumps({
+        "kind": "run", "seed": 0, "parameters": 1, "steps": 10, "config": {"model": "della"}, "provenance": second,
+        "cost": {"train_seconds": 1.0, "tokens_per_second": 1.0, "tokens_seen": 1, "max_rss_mb": 1.0},
+        "processes": [{"from_epoch": 0, "to_epoch": 1, "provenance": first},
+                      {"from_epoch": 1, "to_epoch": 2, "provenance": second}]}))
+    return run
+
+
+def test_a_run_resumed_elsewhere_shows_both_processes(tmp_path):
+    run = resumed_elsewhere(tmp_path)
+    out = tmp_path / "provenance.html"
+    main(["provenance", "--runs", str(run), "--out", str(out)])
+    page = out.read_text()
+    assert '<td class="differs">abc0 → def1</td>' in page  # one run alone, yet its processes differ
+    assert '<td class="differs">cpu (x86_64, 1 thread) → NVIDIA H100 80GB HBM3</td>' in page
+    assert "<td>2.13</td>" in page  # the same torch in both: one value, not highlighted
+    device, = [r for r in collect([run]) if r["metric"] == "device"]
+    assert device["text"] == "cpu (x86_64, 1 thread) → NVIDIA H100 80GB HBM3"
 
 
 # ---------------------------------------------------------------------------------------------

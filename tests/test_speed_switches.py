@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from della import host_memory
 from della.batches import EncodedSplit, collate, collate_batch, padded_length, shuffled_batches
-from della.config import BackboneConfig, ConfigError, TrainConfig
+from della.config import BackboneConfig, ConfigError, RunConfig, TrainConfig
 from della.models import backbone as backbone_module
 from della.models import bart as bart_module
 from della.models import bart_backbone as bart_backbone_module
@@ -189,6 +189,20 @@ def test_padding_changes_dellas_sentence_states_only_under_the_official_unmasked
     model, split = tiny_model("della", pool="attention", pool_mask=pool_mask), _split(None)
     x, padded_x = (model.encode(*collate_batch(split, [0, 1, 2], VOCAB.pad_id, multiple=m)[:2]) for m in (1, 8))
     assert torch.allclose(padded_x, x, atol=1e-6) == pool_mask
+
+
+@pytest.mark.parametrize("model,args,in_recipe", [
+    ("della", {}, False), ("della", {"pool": "attention"}, False), ("embed", {}, False),
+    ("della", {"pool": "attention", "pool_mask": False}, True)])
+def test_pad_to_multiple_is_in_the_recipe_only_where_the_pads_enter_the_numbers(tmp_path, model, args, in_recipe):
+    """So a run of the official DELLA never resumes a checkpoint trained with other padding."""
+    def recipe(multiple: int) -> dict:
+        cfg = RunConfig.from_dict({"dataset": "d", "data_dir": str(tmp_path), "tokenizer_dir": str(tmp_path),
+                                   "model": model, "model_args": args, "train": {"pad_to_multiple": multiple}})
+        return cfg.training_recipe()
+
+    assert (recipe(1) != recipe(8)) == in_recipe
+    assert ("pad_to_multiple" in recipe(8)["optimisation"]["train"]) == in_recipe
 
 
 # --- the GPU path: nothing read back to the host in a step ------------------------------------------

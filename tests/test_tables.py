@@ -321,10 +321,11 @@ def test_paper_csvs_are_complete_and_consistent():
 def test_a_paper_number_shows_as_printed_in_our_column(name):
     """Each published number's scale is its column's display scale, so a paper row prints what the paper
     printed and reads in our rows' units (a JS of 0.30 beside ours, not 30.00)."""
+    from della.cost import COST_METRICS
     from della.evaluate import METRICS
     from metrics import registry
     for (dataset, model, key), v in read_paper(name).items():
-        scale = (METRICS[key] if key in METRICS else registry.get(key)).display_scale
+        scale = (METRICS.get(key) or COST_METRICS.get(key) or registry.get(key)).display_scale
         assert v.value * scale == pytest.approx(v.printed), (name, dataset, model, key)
 
 

@@ -72,6 +72,12 @@ class DellaConfig:
     kl_layers: str = "all"  # all | first | last: the layers with a posterior (the others: q = prior, KL 0)
     bn_gamma: float | None = None  # BN-VAE: batch-normalised posterior means with this fixed γ
 
+    @property
+    def reads_pads(self) -> bool:
+        """Whether a batch's padding enters the numbers: the official attention pooling over pads (D6),
+        so `train.pad_to_multiple` is part of the training recipe (della.config.RunConfig.training_recipe)."""
+        return self.pool == "attention" and not self.pool_mask
+
     def __post_init__(self):
         choices = {"lmf_mode": ("paper", "lowrank"), "kl_aggregate": ("sum", "mean"),
                    "first_prior": ("standard", "learned"), "pool": POOLING_KINDS, "fusion": ("lmf", "add"),

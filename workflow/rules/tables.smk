@@ -75,7 +75,8 @@ for _table in dict.fromkeys(["table1", *config["tables"]["names"]]):
             " --models {params.models:q} {params.args} --out-prefix {params.out_prefix} > {log} 2>&1"
 
 
-# The training cost of every model (della/cost.py declares each number's label and direction).
+# The training cost of every model (della/cost.py declares each number's label and direction); paper
+# rows: the paper's Table 6, DELLA's GPU hours.
 use rule aggregate as aggregate_cost with:
     input:
         results=every_run(f"{RUN_DIR}/run.json")
@@ -91,6 +92,7 @@ use rule table1 as cost_table with:
     input:
         summary=results("cost.csv"),
         code=TABLES_CODE,
+        paper=[str(PAPER_DIR / f"{name}.csv") for name in PAPER_TABLES["cost"]],
     output:
         **table_outputs("cost"),
         compact=results("tables/cost.compact.tex"),
@@ -99,7 +101,7 @@ use rule table1 as cost_table with:
         out_prefix=table_prefix,
         datasets=",".join(DATASETS),
         models=",".join(MODELS),
-        args=table_args(MODELS, DATASETS, paper_rows=False),
+        args=table_args(MODELS, DATASETS, paper_rows=config["tables"]["paper_rows"]),
     log:
         logs("cost_table.log"),
 
