@@ -24,3 +24,4 @@ class Score:
     signature: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    stderr: float | None = None  # the estimator's standard error on this one input, where it has one

@@ -214,6 +214,8 @@ def _entry(spec: registry.MetricSpec, result: registry.ResultSpec, score: Score)
              "details": {**score.details, "recipe": inspect.getdoc(spec.fn)}}
     if value is None:
         entry["error"] = error or "no value"
+    elif score.stderr is not None:
+        entry["stderr"] = score.stderr
     return entry
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from importlib.metadata import version
 
 from metrics.base import MetricUndefined, Score
@@ -30,8 +32,10 @@ def mauve(ctx) -> dict[str, Score]:
     `mauve.compute_mauve(p_features, q_features)` then does PCA (90% variance), seeded faiss
     k-means with mauve-text's `auto` bucket rule (min(n)/10; above 5000 texts per side 500
     buckets, 1 restart, 100 iterations, as its README advises) and the divergence frontier with
-    scaling 5. Empty texts are left out, as mauve-text does, and counted. Values from another
-    encoder are not comparable with the paper's; MiniLM features are blind to word order (see
+    scaling 5, once per seed of `mauve_seeds` (5: seeds 25-29): the value is their mean, the
+    stderr their std / sqrt(n), as mauve-text advises reporting several k-means seeds. Empty
+    texts are left out, as mauve-text does, and counted. Values from another encoder are not
+    comparable with the paper's; MiniLM features are blind to word order (see
     the `mauve_pooling` option for the PTB numbers).
     """
     import mauve as mauve_text
@@ -47,17 +51,22 @@ def mauve(ctx) -> dict[str, Score]:
     features, encoder = embed_texts(p_texts + q_texts, **encode)  # one pass, one model load
     p_features, q_features = features[:len(p_texts)], features[len(p_texts):]
     settings = kmeans_settings(len(p_texts), len(q_texts), opts)
-    out = mauve_text.compute_mauve(p_features=p_features, q_features=q_features,
-                                   mauve_scaling_factor=opts.mauve_scaling_factor,
-                                   seed=opts.mauve_seed, verbose=False, **settings)
+    seeds = range(opts.mauve_seed, opts.mauve_seed + opts.mauve_seeds)
+    runs = [mauve_text.compute_mauve(p_features=p_features, q_features=q_features,
+                                     mauve_scaling_factor=opts.mauve_scaling_factor,
+                                     seed=seed, verbose=False, **settings) for seed in seeds]
+    values = [float(out.mauve) for out in runs]
     lm = {"lm": encoder["exported_from"]["model_md5"][:8]} if "exported_from" in encoder else {}
     signature = {"encoder": opts.mauve_encoder_name, **lm, "pool": encoder["pooling"],
                  "maxlen": encoder["max_length"], "buckets": settings["num_buckets"],
                  "redo": settings["kmeans_num_redo"], "iter": settings["kmeans_max_iter"],
-                 "c": f"{opts.mauve_scaling_factor:g}", "seed": opts.mauve_seed,
+                 "c": f"{opts.mauve_scaling_factor:g}",
+                 "seed": seeds[0] if len(seeds) == 1 else f"{seeds[0]}..{seeds[-1]}-mean",
                  "n": f"{len(p_texts)}x{len(q_texts)}", "mauve-text": version("mauve-text")}
-    details = {**encoder, **settings, "seed": opts.mauve_seed, "mauve_star": float(out.mauve_star),
-               "frontier_integral": float(out.frontier_integral), "n_p": len(p_texts),
-               "n_q": len(q_texts), "n_empty_left_out_p": len(ctx.references) - len(p_texts),
+    details = {**encoder, **settings, "seeds": list(seeds), "by_seed": values,
+               "mauve_star": statistics.fmean(float(out.mauve_star) for out in runs),
+               "frontier_integral": statistics.fmean(float(out.frontier_integral) for out in runs),
+               "n_p": len(p_texts), "n_q": len(q_texts), "n_empty_left_out_p": len(ctx.references) - len(p_texts),
                "n_empty_left_out_q": len(ctx.samples) - len(q_texts)}
-    return {"mauve": Score(float(out.mauve), signature, details)}
+    stderr = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    return {"mauve": Score(statistics.fmean(values), signature, details, stderr=stderr)}

@@ -71,7 +71,9 @@ class MetricOptions:
     mauve_max_length: int = _opt(1024, "truncate MAUVE inputs to this many encoder tokens")
     mauve_num_buckets: int = _opt(0, "k-means clusters; 0: mauve-text's auto rule, min(n)/10, and "
                                   "500 above 5000 texts per side as its README advises")
-    mauve_seed: int = _opt(25, "mauve-text seed (PCA and k-means)")
+    mauve_seed: int = _opt(25, "mauve-text seed (PCA and k-means) of the first k-means run")
+    mauve_seeds: int = _opt(5, "k-means runs, seeds mauve_seed, mauve_seed + 1, ...: MAUVE is their mean, "
+                            "its stderr their std / sqrt(n) (mauve-text's README: report several k-means seeds)")
     mauve_kmeans_num_redo: int = _opt(0, "k-means restarts; 0: mauve-text's 5, or 1 above 5000 "
                                       "texts per side")
     mauve_kmeans_max_iter: int = _opt(0, "k-means iterations; 0: mauve-text's 500, or 100 above "
@@ -110,8 +112,8 @@ class MetricOptions:
                      "mauve_kmeans_max_iter", "bertscore_num_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"option {name}={getattr(self, name)}: must be >= 0")
-        if self.batch_size < 1 or self.mauve_max_length < 1 or self.bleu_epsilon <= 0:
-            raise ValueError("options batch_size, mauve_max_length and bleu_epsilon must be positive")
+        if self.batch_size < 1 or self.mauve_max_length < 1 or self.mauve_seeds < 1 or self.bleu_epsilon <= 0:
+            raise ValueError("options batch_size, mauve_max_length, mauve_seeds and bleu_epsilon must be positive")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "MetricOptions":

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import random
+import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 import metrics
 from metrics import registry
@@ -142,7 +147,8 @@ def test_tokenizers_keep_pretokenised_text_unless_asked(shared_lines):
     assert "tok:13a" in split13a["metrics"]["dist1"]["signature"]
 
 
-def test_mauve_runs_on_a_local_causal_lm_directory(tmp_path):
+def tiny_gpt2_dir(tmp_path: Path) -> Path:
+    """A random one-layer GPT-2 and its word-level tokenizer over "a".."h", saved as a local directory."""
     tokenizers = pytest.importorskip("tokenizers")
     from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
 
@@ -152,10 +158,35 @@ def test_mauve_runs_on_a_local_causal_lm_directory(tmp_path):
     model_dir = tmp_path / "tiny-gpt2"
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
                             eos_token="<eos>").save_pretrained(model_dir)
+    torch.manual_seed(0)
     GPT2Model(GPT2Config(vocab_size=len(words), n_positions=16, n_embd=16, n_layer=1,
                          n_head=2)).save_pretrained(model_dir)
+    return model_dir
+
+
+def test_mauve_runs_on_a_local_causal_lm_directory(tmp_path):
+    model_dir = tiny_gpt2_dir(tmp_path)
     texts = ["a b c", "d e", "f g h a", "b b b", "c a", "h g f e d"] * 3
     entry = metrics.compute(["mauve"], texts, references=texts[::-1], mauve_encoder=str(model_dir),
                             mauve_num_buckets=2)["metrics"]["mauve"]
     assert entry["value"] is not None and 0 < entry["value"] <= 1, entry.get("error")
     assert entry["details"]["model_type"] == "gpt2" and entry["details"]["max_length"] == 16
+
+
+def test_mauve_is_the_mean_over_its_kmeans_seeds_with_their_standard_error(tmp_path):
+    model_dir, rng = tiny_gpt2_dir(tmp_path), random.Random(0)
+    samples = [" ".join(rng.choices("abcd", k=rng.randint(2, 6))) for _ in range(40)]
+    references = [" ".join(rng.choices("abcdefgh", k=rng.randint(2, 6))) for _ in range(40)]
+
+    def mauve(**options) -> dict:
+        return metrics.compute(["mauve"], samples, references=references, mauve_encoder=str(model_dir),
+                               mauve_num_buckets=6, **options)["metrics"]["mauve"]
+
+    singles = [mauve(mauve_seeds=1, mauve_seed=seed) for seed in (25, 26, 27)]
+    values = [entry["value"] for entry in singles]
+    pooled = mauve(mauve_seeds=3)
+    assert len(set(values)) > 1  # the k-means seed moves MAUVE here
+    assert pooled["value"] == pytest.approx(statistics.fmean(values)) and pooled["details"]["by_seed"] == values
+    assert pooled["stderr"] == pytest.approx(statistics.stdev(values) / math.sqrt(3))
+    assert "|seed:25..27-mean|" in pooled["signature"] and "|seed:26|" in singles[1]["signature"]
+    assert "stderr" not in singles[0]  # one k-means run has no spread to report
