@@ -266,6 +266,22 @@ def test_paper_rows_under_each_model_in_our_units_and_never_bold(tmp_path):
     assert r"\quad\textit{paper} & 25.80" in tables["tex"]
 
 
+def test_table5_paper_rows_follow_each_entrys_paper_row(tmp_path):
+    """Table 5's rows share labels ("+BOW" under each baseline): the workflow passes each entry's
+    `paper_row` ("Embed +BOW"), so each variant gets its own published numbers."""
+    files = [write_run(tmp_path, "yelp", model, 0, "eval", {"iw_ppl_official": entry(ppl, False, "PPL"),
+                                                          "au": entry(3.0, True, "AU")})
+             for model, ppl in (("embed", 21.0), ("embed-bow", 20.0), ("della-bow", 14.0))]
+    md = render(tmp_path, files, "--models", "embed,embed-bow,della-bow", "--label", "embed=Embed",
+                "--label", "embed-bow=+BOW", "--label", "della-bow=+BOW", "--paper-model", "embed-bow=Embed +BOW",
+                "--paper-model", "della-bow=DELLA +BOW", "--paper", "--convention", "official", table="table5")["md"]
+    rows = block_rows(md, "Dataset: Yelp")
+    assert [r[0] for r in rows] == ["Embed", "↳ *paper*", "+BOW", "↳ *paper*", "+BOW", "↳ *paper*"]
+    # Table 5: Embed 22.21 (AU 0), Embed +BOW 19.98 (AU 4), DELLA +BOW 13.98 (AU 8)
+    assert [(r[1], r[5]) for r in rows[1::2]] == [("22.21", "0.00"), ("19.98", "4.00"), ("13.98", "8.00")]
+    assert "paper rows from Hu et al. (2022), Table 5, Dataset: Yelp" in md
+
+
 @pytest.mark.parametrize("convention, shown", [("summed", ("20.00", "100.00", "48.00")),
                                                 ("official", ("15.00", "60.00", "4.00"))])
 def test_the_convention_picks_the_ppl_elbo_kl_keys_and_only_official_shows_the_papers(tmp_path, convention, shown):

@@ -14,16 +14,17 @@ TABLES_CODE = str(REPO / "della" / "tables.py")
 
 def table_args(models, datasets, paper_rows):
     """Row labels of `models` (config `label`, else the model's paper name), the rows of each dataset
-    (the models that run on it), and the paper's rows if asked for (with the `tables.paper_datasets`
-    names of `datasets`)."""
+    (the models that run on it), and the paper's rows if asked for (each entry's `paper_row`, else its
+    model's paper name; with the `tables.paper_datasets` names of `datasets`)."""
     args = ["--convention", config["tables"]["convention"]]
     for dataset in datasets:
         args += ["--dataset-models", f"{dataset}={','.join(dataset_models(config, dataset))}"]
     for name in models:
         entry = config["models"][name]
         args += ["--label", f"{name}={entry['label'] or default_label(entry['model'])}"]
-        if paper_rows and paper_name(entry["model"]):
-            args += ["--paper-model", f"{name}={paper_name(entry['model'])}"]
+        paper_row = paper_name(entry["model"]) if entry["paper_row"] is None else entry["paper_row"]
+        if paper_rows and paper_row:
+            args += ["--paper-model", f"{name}={paper_row}"]
     if paper_rows:
         args.append("--paper")
         for dataset, paper_dataset in config["tables"]["paper_datasets"].items():
