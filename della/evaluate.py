@@ -210,6 +210,10 @@ def evaluate(run_dir: Path, split: str, out_path: Path) -> dict:
         metrics = representation_metrics(model, acc, cfg.evaluate.iw_samples, cfg.evaluate.mi_batch_size)
         if split == "test" and cfg.task == "lm":
             metrics.update(probe_metrics(model, cfg, tokenizer, acc["mean"], device))
+    if data.truncated_lines:  # scored cut, with a </s> at the cut: the signature says so, and the table's footnote
+        cut = (f"|{len(data.truncated_lines)} of {len(data.sequences)} examples cut to "
+               f"train.max_length={cfg.train.max_length}")
+        metrics = {key: {**entry, "signature": entry["signature"] + cut} for key, entry in metrics.items()}
     result = {"kind": "eval", "metrics": metrics, "split": split, "data": data.summary(),
               "config": cfg.to_dict(), "seed": cfg.seed, "precision": cfg.train.precision,
               "seconds": time.perf_counter() - start,

@@ -253,3 +253,29 @@ def test_hf_conditional_source_reads_the_named_fields(tmp_path):
                 "--target-field", "highlights", "--out", str(tmp_path / "o3"))
     with pytest.raises(ValueError, match="--source-field/--target-field: only for --source hf-conditional"):
         prepare("--source", "jsonl", "--path", "x", "--source-field", "a", "--out", str(tmp_path / "o4"))
+
+
+def test_preparing_into_a_used_directory_leaves_nothing_of_the_earlier_set(tmp_path):
+    """A dataset that keeps its name but changes source or task: no earlier split, pairs or
+    attributes stay beside the new set (Table 7, the tokenizer and the probe read them)."""
+    out = tmp_path / "out"
+    prepare("--source", "synthetic", "--n-train", "20", "--n-valid", "5", "--n-test", "5", "--out", str(out))
+    assert (out / "test.attributes.jsonl").exists()
+    prepare("--source", "jsonl", "--path", str(make_task(tmp_path / "src")), "--out", str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["prepare.json", "test.jsonl", "train.jsonl", "valid.jsonl"]
+    lines = tmp_path / "lines"
+    lines.mkdir()
+    for split in SPLITS:
+        (lines / f"{split}.txt").write_text("a b\nc d\n")
+    prepare("--source", "dir", "--path", str(lines), "--out", str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["prepare.json", "test.txt", "train.txt", "valid.txt"]
+
+
+def test_a_failed_preparation_leaves_the_earlier_set_whole(tmp_path):
+    out = tmp_path / "out"
+    prepare("--source", "jsonl", "--path", str(make_task(tmp_path / "src")), "--out", str(out))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = make_task(tmp_path / "bad", train=[{"source": "a " * 900, "target": "b " * 900}])
+    with pytest.raises(ValueError, match="no pair left"):
+        prepare("--source", "jsonl", "--path", str(bad), "--wp-preprocess", "--out", str(out))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -136,6 +136,20 @@ def test_a_one_line_test_split_reports_mi_and_au_as_null_with_the_reason(corpus,
         assert metrics[key]["error"] == f"not computable: {key.split('_')[0]} needs at least 2 examples, got 1"
 
 
+def test_test_examples_cut_to_max_length_are_named_in_every_signature(corpus, tmp_path):
+    """A test sentence longer than train.max_length is scored cut (with </s> at the cut): the
+    numbers then depend on a training setting, so every entry's signature, hence the table's
+    footnote, says how many were cut."""
+    cfg = run_config(corpus, model="embed", epochs=1, max_length=8).to_dict()
+    cfg["evaluate"]["max_lines"] = 20
+    train(RunConfig.from_dict(cfg), tmp_path / "run")
+    result = evaluate(tmp_path / "run", "test", tmp_path / "eval.json")
+    cut = result["data"]["truncated"]
+    assert 0 < cut <= 20
+    for key, entry in result["metrics"].items():
+        assert entry["signature"].endswith(f"|{cut} of 20 examples cut to train.max_length=8"), key
+
+
 def test_metric_entry_keeps_a_finite_stderr_only_beside_a_finite_value():
     spec = MetricSpec("MI", True, 2)
     assert spec.entry(0.25, stderr=0.03)["stderr"] == 0.03

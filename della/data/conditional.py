@@ -38,6 +38,7 @@ from typing import Any, Iterable
 
 from della.config import CONDITIONAL_SOURCES
 from della.data import synthetic
+from della.data.corpus import clear_prepared
 from della.io import atomic_write_json, md5sum, write_lines
 
 FIELDS = ("source", "target")
@@ -187,7 +188,8 @@ def apply_caps(pairs: list[Pair], caps: Caps, max_lines: int | None) -> tuple[li
 def write_conditional(pairs: dict[str, list[Pair]], attributes: dict[str, list[dict[str, Any]]], out: Path,
                       provenance: dict[str, Any], caps: Caps, max_lines: dict[str, int | None],
                       inputs: dict[str, str]) -> dict[str, Any]:
-    """Cap and write every split, then prepare.json (last, so it marks a complete set)."""
+    """Cap every split, clear what an earlier preparation left in `out`, write every split, then
+    prepare.json (last, so it marks a complete set)."""
     report: dict[str, Any] = {**provenance, "task": "conditional", "format": "jsonl",
                               "preprocessing": {"wp": caps.wp_preprocess,
                                                 "wp_max_pair_words": WP_MAX_PAIR_WORDS if caps.wp_preprocess else None},
@@ -196,11 +198,13 @@ def write_conditional(pairs: dict[str, list[Pair]], attributes: dict[str, list[d
                                        "max_target_tokens": caps.max_target_tokens,
                                        "truncation_side": caps.truncation_side, "token_unit": "whitespace"},
                               "splits": {}, "files": {}}
-    for split, split_pairs in pairs.items():
-        kept, entry = apply_caps(split_pairs, caps, max_lines[split])
+    capped = {split: apply_caps(split_pairs, caps, max_lines[split]) for split, split_pairs in pairs.items()}
+    for split, (kept, entry) in capped.items():
         if not kept:
             raise ValueError(f"{inputs[split]}: split {split!r} has no pair left after preprocessing "
                              f"({entry['pairs_read']} read)")
+    clear_prepared(out)
+    for split, (kept, entry) in capped.items():
         _write_jsonl(out / f"{split}.jsonl", ({"source": p.source, "target": p.target} for p in kept))
         report["files"][f"{split}.jsonl"] = md5sum(out / f"{split}.jsonl")
         if split in attributes:

@@ -129,3 +129,15 @@ def read_attributes(path: str | Path, n_lines: int | None = None) -> list[dict[s
     if n_lines is not None and len(records) != n_lines:
         raise ValueError(f"{path}: {len(records)} attribute records for {n_lines} text lines")
     return records
+
+
+SPLITS = ("train", "valid", "test")
+
+
+def clear_prepared(out: Path) -> None:
+    """Remove what an earlier preparation wrote to `out`: prepare.json first (it marks a complete set,
+    so a set interrupted from here on has none), then every split's text, pairs and attributes, so no
+    file of another corpus or task stays beside the new one."""
+    names = ["prepare.json"] + [f"{split}.{ext}" for split in SPLITS for ext in ("txt", "jsonl", "attributes.jsonl")]
+    for name in names:
+        (out / name).unlink(missing_ok=True)

@@ -28,12 +28,11 @@ from typing import Any
 import della
 from della.config import CONDITIONAL_SOURCES
 from della.data import conditional, synthetic
-from della.data.corpus import LineScan, scan_lines
+from della.data.corpus import SPLITS, LineScan, clear_prepared, scan_lines
 from della.io import atomic_write_json, md5sum, write_lines
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
 SOURCES = ("synthetic", "dir", "hf", *CONDITIONAL_SOURCES)
 SYNTHETIC = ("synthetic", "synthetic-conditional")
 DEFAULT_SIZES = {"train": 3000, "valid": 300, "test": 300}
@@ -114,15 +113,18 @@ def _provenance(args: argparse.Namespace) -> dict[str, Any]:
 
 def write_prepared(scans: dict[str, LineScan], attributes: dict[str, list[dict[str, str]]],
                    out: Path, provenance: dict[str, Any], caps: dict[str, int | None]) -> dict[str, Any]:
-    """Cap, check and write every split, then prepare.json (last, so it marks a complete set)."""
+    """Check every split, clear what an earlier preparation left in `out`, write every split capped,
+    then prepare.json (last, so it marks a complete set)."""
     report: dict[str, Any] = {**provenance, "caps": {"max_train_lines": caps["train"],
                                                      "max_eval_lines": caps["valid"]},
                               "splits": {}, "files": {}}
-    for split in SPLITS:
-        scan = scans[split]
+    for split, scan in scans.items():
         if not scan.lines:
             raise ValueError(f"{scan.path}: split {split!r} has no non-empty lines "
                              f"({scan.lines_read} read, {len(scan.empty_line_numbers)} empty)")
+    clear_prepared(out)
+    for split in SPLITS:
+        scan = scans[split]
         if scan.empty_line_numbers:
             log.warning("%s: dropped %d empty line(s): %s%s", scan.path, len(scan.empty_line_numbers),
                         scan.empty_line_numbers[:10], " ..." if len(scan.empty_line_numbers) > 10 else "")
