@@ -44,6 +44,15 @@ def test_trained_bpe_round_trip_and_special_ids(trained):
     assert all(0 <= i < tok.vocab_size for i in tok.encode(SENTENCES[0]))
 
 
+@pytest.mark.parametrize("text", ["a </s> b", "the <s> tag", "x <pad> y"])
+def test_a_special_tokens_text_inside_an_example_is_text(trained, text):
+    """Web text holds "<s>" (a strike tag): it must not become a sentence start or end mid-example."""
+    tok = load_tokenizer(trained)
+    ids = tok.encode(text)
+    assert {tok.pad_id, tok.bos_id, tok.eos_id}.isdisjoint(ids) and tok.decode(ids) == text
+    assert tok.encode_batch([text]) == [ids]
+
+
 def test_info_file_records_ids_and_provenance(trained):
     info = json.loads((trained / "tokenizer-info.json").read_text())
     tok = load_tokenizer(trained)
@@ -110,6 +119,7 @@ def test_pretrained_adds_bos_eos_and_pads_with_endoftext(fake_gpt2, data_dir, tm
     assert tok.vocab_size == max(tok.bos_id, tok.eos_id) + 1  # two tokens appended to the vocabulary
     ids = tok.encode(SENTENCES[1])
     assert tok.decode([tok.bos_id] + ids + [tok.eos_id, tok.pad_id]) == SENTENCES[1]
+    assert tok.pad_id not in tok.encode("end <|endoftext|> of text")  # GPT-2's special token, as text
 
 
 def test_missing_files_are_reported(tmp_path):

@@ -42,11 +42,14 @@ MIN_FREQUENCY = 2  # a merge must occur at least twice in the training texts
 class Tokenizer:
     """A `tokenizers.Tokenizer` plus the three special ids the models need.
 
-    `encode` never adds special tokens: callers add `bos_id`/`eos_id`/`pad_id` themselves.
+    `encode` never adds special tokens: callers add `bos_id`/`eos_id`/`pad_id` themselves, and a
+    special token's text inside an example ("<s>" as an HTML tag, "<|endoftext|>") is encoded as
+    text, never as that id (a runtime setting of `tokenizers`, not stored in tokenizer.json).
     `decode` drops special tokens and strips surrounding whitespace.
     """
 
     def __init__(self, hf: _HFTokenizer, info: dict[str, Any]):
+        hf.encode_special_tokens = True
         self._hf = hf
         self.info = dict(info)
         self.bos_id: int = self._id(info["bos_token"])
