@@ -22,30 +22,50 @@ log = logging.getLogger(__name__)
 PANELS = (("iw_ppl", "PPL"), ("neg_elbo", "−ELBO (nats)"), ("kl", "KL (nats)"))
 
 
+SWEPT = ("begin_layer", "end_layer")  # what may differ between the runs of one figure
+
+
 def latent_range(config: dict, where: str) -> tuple[int, int, int]:
-    """(first latent layer, one past the last, layers in the backbone) of a DELLA run config."""
+    """(first latent layer, one past the last, layers in the backbone) of a DELLA run config;
+    `end_layer` counts from 0 and is the last latent layer itself (DellaConfig)."""
     args, n_layer = config["model_args"], config["backbone"]["n_layer"]
-    begin, end = args.get("begin_layer", 0), args.get("end_layer")
-    end = n_layer if end is None else end
+    begin, last = args.get("begin_layer", 0), args.get("end_layer")
+    end = n_layer if last is None else last + 1
     if config["model"] != "della" or not 0 <= begin < end <= n_layer:
         raise ValueError(f"{where}: not a DELLA run with a layer range (model {config['model']!r}, "
-                         f"begin {begin}, end {end}, {n_layer} layers)")
+                         f"begin_layer {begin}, end_layer {last}, {n_layer} layers)")
     return begin, end, n_layer
+
+
+def sweep_recipe(config: dict) -> dict:
+    """What the runs of one figure share: the dataset and the whole recipe but the layer range."""
+    return {"dataset": config.get("dataset"), "model_args": {k: v for k, v in config["model_args"].items()
+                                                             if k not in SWEPT},
+            **{key: config.get(key) for key in ("task", "backbone", "train", "evaluate")}}
 
 
 def sweep_points(paths: list[Path]) -> dict[str, dict[int, dict[str, float]]]:
     """series ("start layer i" | "end layer j") -> number of latent layers -> metric -> mean over seeds."""
     values: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    first: tuple[Path, dict] | None = None
     for path in paths:
         doc = read_json(path)
+        recipe = sweep_recipe(doc["config"])
+        first = first or (path, recipe)
+        if recipe != first[1]:
+            differ = sorted(key for key in recipe if recipe[key] != first[1][key])
+            raise ValueError(f"{path}: its {', '.join(differ)} differ from those of {first[0]}; Fig. 2 compares "
+                             f"DELLA runs of one dataset and recipe that differ only in {' / '.join(SWEPT)}")
         begin, end, n_layer = latent_range(doc["config"], str(path))
         series = [s for s, inside in (("start layer i", end == n_layer), ("end layer j", begin == 0)) if inside]
         if not series:
             raise ValueError(f"{path}: latents in layers {begin}..{end - 1} of {n_layer} start after the first "
                              "and end before the last layer; Fig. 2 has no series for such a range")
-        for s in series:
-            for key, _ in PANELS:
-                value = doc["metrics"][key]["value"]
+        for key, _ in PANELS:
+            if key not in doc["metrics"]:
+                raise ValueError(f"{path}: no metric {key!r} (an eval.json of `python -m della evaluate`?)")
+            value = doc["metrics"][key]["value"]
+            for s in series:
                 if value is not None:
                     values[s, end - begin][key].append(value)
     out: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
