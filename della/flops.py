@@ -18,6 +18,8 @@ PEAK_TFLOPS = {
     "H100": {"bf16": 989.0, "tf32": 494.5, "fp32": 67.0},
     "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
 }
+# Cards sold under the same name with lower clocks or power (the A100 PCIe keeps the SXM's peaks).
+OTHER_PEAK_VARIANTS = {"H100": ("PCIE", "NVL"), "H200": ("NVL",)}
 
 
 def forward_flops_per_token(n_layer: int, d: int, vocab: int, seq: float) -> tuple[float, float]:
@@ -68,8 +70,13 @@ def peak_tflops(device_name: str | None, precision: str) -> tuple[float | None, 
     """(dense peak, "") of a known card, or (None, why). precision: bf16 | tf32 | fp32."""
     if not device_name:
         return None, "not trained on a GPU: no peak FLOP rate to compare with"
+    name = device_name.upper()
     for card, peaks in PEAK_TFLOPS.items():
-        if card in device_name.upper():
+        if card in name:
+            other = [v for v in OTHER_PEAK_VARIANTS.get(card, ()) if v in name]
+            if other:
+                return None, (f"{device_name!r}: the {card} {other[0]} has another peak than the SXM card of "
+                              "della.flops.PEAK_TFLOPS, which does not list it")
             return peaks[precision], ""
     return None, f"{device_name!r} is not in della.flops.PEAK_TFLOPS ({', '.join(PEAK_TFLOPS)})"
 

@@ -57,8 +57,8 @@ ITEM, SOURCE, OUTPUT = "item", "source", "output"
 def draw_items(n_sources: int, models: list[str], n_items: int, seed: int) -> dict[str, dict[str, Any]]:
     """item id -> {model, source_line}: `n_items` sources drawn without replacement, every model
     on each of them, under opaque ids."""
-    if n_items > n_sources:
-        raise ValueError(f"--n-items {n_items}: only {n_sources} sources")
+    if not 1 <= n_items <= n_sources:
+        raise ValueError(f"--n-items {n_items}: expected 1 to {n_sources} (the sources)")
     rng = random.Random(f"della-human-eval-{seed}")
     lines = sorted(rng.sample(range(1, n_sources + 1), n_items))
     pairs = [(line, model) for line in lines for model in models]
@@ -140,6 +140,10 @@ def make(sources: Path, outputs: dict[str, Path], task: str, n_items: int, annot
         raise ValueError(f"--annotators: must be >= 1, got {annotators}")
     if key.resolve().is_relative_to(out.resolve()):
         raise ValueError(f"--key {key}: must lie outside --out {out}, so the sheets can be shared without it")
+    earlier = sorted(out.glob("annotator-*")) if out.is_dir() else []
+    if earlier:  # sheets of another draw would be sent out and could not be scored against this key
+        raise ValueError(f"--out {out}: holds sheets of an earlier `make` ({earlier[0].name}, ...); "
+                         "remove them or choose another directory")
     pairs = read_pairs(sources)
     texts = {}
     for model, path in outputs.items():
@@ -205,7 +209,7 @@ class Block:
 def read_sheet(path: Path, items: dict[str, Any], criteria: list[str]) -> dict[str, dict[str, int]]:
     """item -> criterion -> rating of one filled sheet; every key item rated on every criterion."""
     lo, hi = SCALE
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a sheet Excel saved as "CSV UTF-8"
         reader = csv.DictReader(f)
         missing = [c for c in [ITEM, *criteria] if c not in (reader.fieldnames or [])]
         if missing:
@@ -242,7 +246,8 @@ def row_label(model: str, labels: dict[str, str]) -> str:
 def score_block(dataset: str, key: dict[str, Any], sheets: list[Path], della: str,
                 labels: dict[str, str] | None = None) -> Block:
     if len(sheets) < 2:
-        raise ValueError(f"{dataset}: need filled sheets of at least two annotators, got {len(sheets)}")
+        raise ValueError(f"{dataset}: need filled sheets of at least two annotators, got {len(sheets)} "
+                         f"({', '.join(map(str, sheets)) or 'none'})")
     items, criteria, models = key["items"], key["criteria"], key["models"]
     if della not in models:
         raise ValueError(f"--della {della!r}: not a model of the key (models: {models})")
@@ -334,6 +339,8 @@ def score(blocks_args: list[tuple[str, str, str]], della: str, out_dir: Path, na
           labels: dict[str, str] | None = None) -> list[Block]:
     blocks = []
     for dataset, key_path, sheets_dir in blocks_args:
+        if not Path(sheets_dir).is_dir():
+            raise ValueError(f"{dataset}: {sheets_dir}: no such directory of filled sheets")
         sheets = sorted(Path(sheets_dir).glob("*.csv"))
         blocks.append(score_block(dataset, read_json(key_path), sheets, della, labels))
     atomic_write_text(out_dir / f"{name}.csv", render_csv(blocks))

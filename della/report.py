@@ -57,12 +57,18 @@ def read_object(path: Path) -> dict[str, Any]:
 # curves
 
 
+TRAIN_LOG_KEYS = ("ce", "beta")  # what the curves read of every train step
+
+
 def read_train_log(path: str | Path) -> list[dict[str, Any]]:
     """The records of a train-log.jsonl (one JSON object per line, `split` train or valid)."""
     records = read_jsonl(path)
     for n, rec in enumerate(records, start=1):
         if not isinstance(rec, dict) or "step" not in rec or rec.get("split") not in ("train", "valid"):
             raise ValueError(f"{path}: record {n}: expected an object with 'split' (train|valid) and 'step'")
+        missing = [key for key in TRAIN_LOG_KEYS if rec["split"] == "train" and key not in rec]
+        if missing:
+            raise ValueError(f"{path}: record {n}: a train step without {missing}")
     if not any(r["split"] == "train" for r in records):
         raise ValueError(f"{path}: no training step logged")
     return records
@@ -120,13 +126,16 @@ def plot_kl(ax, train, steps, size, n_groups) -> None:
 
 
 def save_figure(fig, out: str | Path) -> None:
-    """PNG, SVG or PDF by the suffix of `out`; SVG and PDF without a creation date (reproducible)."""
+    """PNG, SVG or PDF by the suffix of `out`; SVG and PDF byte-reproducible (no date, fixed ids)."""
     out = Path(out)
     fmt = out.suffix.lstrip(".").lower()
     if fmt not in ("png", "svg", "pdf"):
         raise ValueError(f"--out {out}: expected a .png, .svg or .pdf file")
-    metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, metadata=metadata, dpi=110))
+    import matplotlib
+
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt, {})
+    with matplotlib.rc_context({"svg.hashsalt": "della-bench"}):  # else SVG ids are random per save
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, metadata=metadata, dpi=110))
 
 
 def add_curves_arguments(p: argparse.ArgumentParser) -> None:

@@ -36,6 +36,10 @@ def test_peaks_come_from_the_table_by_card_name_or_say_why_not():
     peak, why = peak_tflops("Tesla T4", "bf16")
     assert peak is None and "PEAK_TFLOPS" in why
     assert peak_tflops(None, "fp32")[0] is None
+    for lower in ("NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200 NVL"):  # not the SXM card's peak
+        peak, why = peak_tflops(lower, "bf16")
+        assert peak is None and "another peak" in why
+    assert peak_tflops("NVIDIA A100-PCIE-40GB", "bf16") == (312.0, "")  # the same peak as the SXM card
 
 
 def _run_doc(**cost_fields) -> dict:

@@ -168,7 +168,34 @@ def test_bad_sheets_and_arguments_name_the_file_and_line(task, tmp_path):
     short.write_text("one\n")
     from della.human_eval import make
 
+    fresh = tmp_path / "fresh"
     with pytest.raises(ValueError, match="short.txt: 1 outputs for 12 sources"):
-        make(task["sources"], {"della": task["della"], "gpt2": short}, "wp", 4, 2, 0, out, tmp_path / "k.json")
+        make(task["sources"], {"della": task["della"], "gpt2": short}, "wp", 4, 2, 0, fresh, tmp_path / "k.json")
     with pytest.raises(ValueError, match="must lie outside --out"):
         make(task["sources"], {"della": task["della"], "gpt2": task["gpt2"]}, "wp", 4, 2, 0, out, out / "k.json")
+    with pytest.raises(ValueError, match=r"--n-items 0: expected 1 to 12"):
+        make(task["sources"], {"della": task["della"], "gpt2": task["gpt2"]}, "wp", 0, 2, 0, fresh, tmp_path / "k.json")
+    # a second draw into the same folder would leave sheets the new key cannot score
+    with pytest.raises(ValueError, match=r"sheets: holds sheets of an earlier `make` \(annotator-1.csv"):
+        make(task["sources"], {"della": task["della"], "gpt2": task["gpt2"]}, "wp", 4, 2, 1, out, tmp_path / "k.json")
+
+
+def test_a_sheet_saved_by_excel_with_a_byte_order_mark_is_read(task, tmp_path):
+    out, key_path = make_sheets(task, tmp_path)
+    key = json.loads(key_path.read_text())
+    fill(out, key, tmp_path / "filled")
+    sheet = tmp_path / "filled" / "annotator-1.csv"
+    plain = read_sheet(sheet, key["items"], key["criteria"])
+    sheet.write_bytes(b"\xef\xbb\xbf" + sheet.read_bytes())  # Excel's "CSV UTF-8"
+    assert read_sheet(sheet, key["items"], key["criteria"]) == plain
+
+
+def test_score_names_a_missing_or_empty_sheets_directory(task, tmp_path):
+    _, key_path = make_sheets(task, tmp_path)
+    from della.human_eval import score
+
+    with pytest.raises(ValueError, match=r"wp: .*nowhere: no such directory of filled sheets"):
+        score([("wp", str(key_path), str(tmp_path / "nowhere"))], "della", tmp_path / "t", "table3")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"wp: need filled sheets of at least two annotators, got 0 \(none\)"):
+        score([("wp", str(key_path), str(tmp_path / "empty"))], "della", tmp_path / "t", "table3")

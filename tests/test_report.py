@@ -196,6 +196,16 @@ def test_curves_draw_one_kl_curve_per_group(tmp_path, groups):
         assert "no latent variable" in svg
 
 
+@pytest.mark.parametrize("suffix", ["svg", "pdf"])
+def test_the_same_figure_saves_to_the_same_bytes(tmp_path, suffix):
+    """No date and no random element ids: a rerun of the rule rewrites the same file."""
+    records = read_train_log(write_train_log(tmp_path / "log.jsonl", 2))
+    first, second = tmp_path / f"a.{suffix}", tmp_path / f"b.{suffix}"
+    for out in (first, second):  # as two runs of the rule draw it
+        save_figure(plot_learning_curves(records, "t"), out)
+    assert first.read_bytes() == second.read_bytes()
+
+
 def test_long_logs_are_averaged_over_bins_of_steps(tmp_path):
     records = read_train_log(write_train_log(tmp_path / "train-log.jsonl", 2, steps=25))
     ax_ce, ax_kl, _ = plot_learning_curves(records, "t", max_points=10).axes
@@ -210,6 +220,11 @@ def test_curves_reject_a_broken_log_naming_the_line(tmp_path):
     log.write_text(log.read_text() + "{oops\n")
     with pytest.raises(ValueError, match=r"train-log.jsonl:15: not valid JSON"):
         read_train_log(log)
+    records = read_train_log(write_train_log(tmp_path / "b.jsonl", 1))
+    del records[3]["beta"]
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ValueError, match=r"b.jsonl: record 4: a train step without \['beta'\]"):
+        read_train_log(tmp_path / "b.jsonl")
     fig = plot_learning_curves(read_train_log(write_train_log(tmp_path / "ok.jsonl", 1)), "t")
     with pytest.raises(ValueError, match="expected a .png, .svg or .pdf"):
         save_figure(fig, tmp_path / "x.gif")
