@@ -65,13 +65,18 @@ def interpolate_latents(z_a: torch.Tensor, z_b: torch.Tensor, weights: list[floa
     return (1 - t) * z_a + t * z_b
 
 
+def sentence_means(model: LatentModel, sequences: list[list[int]]) -> list[torch.Tensor]:
+    """Each sentence's latents on the mean path, (G, p), encoded alone: the official DELLA's pooling
+    reads pads, so in a shared batch the other sentence's length would move this one's."""
+    return [mean_path(model, *collate([seq], model.vocab.pad_id, model.device))[0] for seq in sequences]
+
+
 def interpolate(model: LatentModel, tokenizer, a: str, b: str, steps: int, max_length: int,
                 generate: GenerateConfig) -> tuple[list[float], list[str]]:
     """-> the weights t and the greedy text decoded at each."""
     weights = interpolation_weights(steps)
     split = encode_split([a, b], tokenizer, max_length, path="--a/--b")
-    ids, mask = collate(split.sequences, model.vocab.pad_id, model.device)
-    z_a, z_b = mean_path(model, ids, mask)
+    z_a, z_b = sentence_means(model, split.sequences)
     z = interpolate_latents(z_a, z_b, weights)
     rows = sample_or_greedy(model, z, dataclasses.replace(generate, strategy="greedy"), generator=None)
     return weights, [" ".join(t.split()) for t in tokenizer.decode_batch(rows)]

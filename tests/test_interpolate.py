@@ -13,7 +13,8 @@ from della.cli import main as della_cli
 from della.config import GenerateConfig, RunConfig
 from della.data.tokenizer import load_tokenizer
 from della.generate import sample_or_greedy
-from della.interpolate import interpolate, interpolate_latents, interpolation_weights, mean_path, zero_noise
+from della.interpolate import (interpolate, interpolate_latents, interpolation_weights, mean_path,
+                              sentence_means, zero_noise)
 from della.models.base import Vocab, build_model, gaussian_log_density
 from tests.conftest import TINY, random_batch, tiny_model
 
@@ -82,6 +83,18 @@ def test_endpoints_decode_the_posterior_means_of_a_and_b(tmp_path, corpus, name)
     ends = sample_or_greedy(model, mean_path(model, ids, mask), GREEDY, None)
     assert texts[0] == " ".join(tok.decode(ends[0]).split())
     assert texts[-1] == " ".join(tok.decode(ends[1]).split())
+
+
+def test_an_endpoint_does_not_depend_on_the_other_sentence_under_pad_reading_pooling():
+    """The official DELLA pools over pads: encoded together, a short sentence's mean would move with
+    the other's length; each is encoded alone."""
+    model = tiny_model("della", pool="attention", pool_mask=False)
+    short, long_ = [1, 5, 6, 2], [1, *range(5, 20), 2]
+    alone, = sentence_means(model, [short])
+    beside_long = sentence_means(model, [short, long_])[0]
+    assert torch.equal(alone, beside_long)
+    joint = mean_path(model, *collate([short, long_], model.vocab.pad_id))[0]
+    assert not torch.allclose(joint, alone, atol=1e-4)  # what a shared batch would have drawn
 
 
 def test_decoding_is_greedy_whatever_the_run_strategy(tmp_path, corpus):
