@@ -5,8 +5,10 @@ The count is the usual dense-Transformer one (Kaplan et al. 2020, PaLM App. B): 
 layer 24 d^2 (QKV, output, 4d MLP) + 4 T d (scores and weighted sum), the LM head 2 d V, and a
 training step is 3x the forward (backward = 2x). On a sequence of T tokens the decoder reads the
 T - 1 that predict a next one (the last predicts nothing, so it is not decoded); a latent model adds
-one encoder pass over all T without the LM head. Its latent heads (O(d p) per layer and sentence)
-are left out, so MFU is a slight underestimate for DELLA.
+one encoder pass over all T without the LM head. A CVAE's example counts its source too (the
+condition's pass, BART's encoder and cross-attention: `forward_flops`), and its MFU divides by the
+target tokens the loss predicts. Latent heads (O(d p) per layer and sentence) are left out, so MFU
+is a slight underestimate for DELLA.
 """
 
 from __future__ import annotations
@@ -27,12 +29,39 @@ def forward_flops_per_token(n_layer: int, d: int, vocab: int, seq: float) -> tup
     return n_layer * (24 * d * d + 4 * seq * d), 2 * d * vocab
 
 
+def forward_flops(kind: str, n_layer: int, d: int, vocab: int, sequence: float, source: float = 0,
+                  latent: bool = False) -> float:
+    """Forward FLOPs of one example: `sequence` tokens on the decoder, `source` the condition's tokens
+    of a CVAE (0: a sentence); `latent`: with a latent model's extra encoder passes. Latent heads
+    are left out.
+
+    gpt2: the decoder over sequence - 1 positions (the last token predicts nothing; a CVAE's
+    sequence is source </s> target </s>); a latent model adds the posterior's bidirectional pass over
+    the sequence and, for a CVAE, the condition's over the source. bart (a CVAE; `sequence` is the
+    decoder's </s> <s> target </s>): the encoder over the source plus the decoder over sequence - 1
+    positions (self- and cross-attention, 28 d^2 per token and layer, and 4 d^2 per source token and
+    layer for the cross-attention keys and values) and its head; a latent model adds the
+    posterior's encoder pass over source + sequence (its condition reuses the source's pass)."""
+    def encoder(seq: float) -> float:  # a bidirectional pass without the LM head
+        return seq * forward_flops_per_token(n_layer, d, vocab, seq)[0]
+
+    decoded = sequence - 1
+    if kind == "gpt2":
+        plain = decoded * sum(forward_flops_per_token(n_layer, d, vocab, decoded))
+        extra = encoder(sequence) + (encoder(source) if source else 0)
+    elif kind == "bart":
+        decoder = decoded * n_layer * (28 * d * d + 4 * decoded * d + 4 * source * d) + source * n_layer * 4 * d * d
+        plain = encoder(source) + decoder + decoded * 2 * d * vocab
+        extra = encoder(source + sequence)
+    else:
+        raise ValueError(f"kind {kind!r}: expected gpt2 or bart")
+    return plain + (extra if latent else 0)
+
+
 def train_flops_per_sequence(n_layer: int, d: int, vocab: int, seq: float, encoder: bool) -> float:
-    """Forward + backward FLOPs of a training step on one sequence of seq tokens: the decoder over
-    its seq - 1 predicting positions; `encoder`: a latent model's extra pass over all seq."""
-    decoder_body, head = forward_flops_per_token(n_layer, d, vocab, seq - 1)
-    encoder_body, _ = forward_flops_per_token(n_layer, d, vocab, seq)
-    return 3 * ((seq - 1) * (decoder_body + head) + (seq * encoder_body if encoder else 0))
+    """Forward + backward FLOPs of a GPT-2 training step on one sentence of seq tokens; `encoder`:
+    a latent model's."""
+    return 3 * forward_flops("gpt2", n_layer, d, vocab, seq, latent=encoder)
 
 
 def vae_lm_floor(n_layer: int, d: int, vocab: int, seq: float) -> float:
@@ -43,27 +72,10 @@ def vae_lm_floor(n_layer: int, d: int, vocab: int, seq: float) -> float:
 
 def cvae_floor(kind: str, n_layer: int, d: int, vocab: int, source: int, target: int) -> float:
     """The least step-time ratio of a latent CVAE to its plain backbone on (source, target) token
-    lengths: the FLOPs of the plain model's pass plus the latent model's extra encoder passes, over
-    the plain model's. gpt2: the plain pass is the decoder over source + target (less the last
-    token, which predicts nothing); the CVAE adds the posterior's bidirectional pass over source +
-    target and the condition's over the source. bart: the plain pass is the encoder over the source
-    plus the decoder over the target less its last token (self- and cross-attention, 28 d^2 per
-    token and layer, and 4 d^2 per source token and layer for the cross-attention keys and values);
-    the CVAE adds the posterior's encoder pass over source + target (its condition reuses the
-    source's encoder pass). Latent heads are left out."""
-    def encoder(seq: int) -> float:  # a bidirectional pass without the LM head
-        return seq * forward_flops_per_token(n_layer, d, vocab, seq)[0]
-
-    both = source + target
-    if kind == "gpt2":
-        plain = (both - 1) * sum(forward_flops_per_token(n_layer, d, vocab, both - 1))
-        return (plain + encoder(both) + encoder(source)) / plain
-    if kind != "bart":
-        raise ValueError(f"kind {kind!r}: expected gpt2 or bart")
-    decoded = target - 1
-    decoder = decoded * n_layer * (28 * d * d + 4 * decoded * d + 4 * source * d) + source * n_layer * 4 * d * d
-    plain = encoder(source) + decoder + decoded * 2 * d * vocab
-    return (plain + encoder(both)) / plain
+    lengths (forward_flops' terms): gpt2's decoder sequence is source + target, bart's the target."""
+    sequence = source + target if kind == "gpt2" else target
+    return (forward_flops(kind, n_layer, d, vocab, sequence, source, latent=True)
+            / forward_flops(kind, n_layer, d, vocab, sequence, source, latent=False))
 
 
 def peak_tflops(device_name: str | None, precision: str) -> tuple[float | None, str]:

@@ -28,6 +28,7 @@ import pickle
 import random
 import resource
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from della import host_memory
 from della.batches import (EncodedSplit, collate_batch, encode_split, length_sorted_batches, rank_batches,
                            shuffled_batches)
 from della.config import ConfigError, RunConfig, TrainConfig
-from della.flops import matmul_precision, peak_tflops, train_flops_per_sequence
+from della.flops import forward_flops, matmul_precision, peak_tflops
 from della.io import atomic_write_binary, atomic_write_json, atomic_write_text, md5sum, naming_a_full_disk
 from della.models.base import LatentModel, Vocab, build_model
 from della.provenance import provenance
@@ -670,12 +671,16 @@ def speed_settings(tc: TrainConfig, device: torch.device) -> dict:
 
 
 def utilisation(trainer: Trainer, tokens_per_second: float) -> dict:
-    """Model FLOPs per predicted token (della.flops on a sequence of the mean training length, over
-    its predicted tokens) and MFU = FLOP/s over the dense peak of every process's card, or null and why."""
-    bb, lengths = trainer.model.backbone, [len(s) for s in trainer.train_split.sequences]
-    mean_len = sum(lengths) / len(lengths)
-    per_token = train_flops_per_sequence(bb.n_layer, bb.n_embd, trainer.model.vocab.size, mean_len,
-                                         encoder=trainer.model.n_groups > 0) / max(mean_len - 1, 1)
+    """Model FLOPs per predicted token (della.flops on an example of the split's mean lengths, over its
+    mean predicted tokens: all but <s>, a CVAE's target only) and MFU = FLOP/s over the dense peak of
+    every process's card, or null and why."""
+    split, bb, cfg = trainer.train_split, trainer.model.backbone, trainer.cfg
+    sequence = statistics.fmean(map(len, split.sequences))
+    source = statistics.fmean(map(len, split.sources)) if split.conditional else 0
+    predicted = (statistics.fmean(len(s) - t for s, t in zip(split.sequences, split.target_starts))
+                 if split.conditional else sequence - 1)
+    per_token = 3 * forward_flops(cfg.backbone.kind, bb.n_layer, bb.n_embd, trainer.model.vocab.size, sequence,
+                                  source, latent=trainer.model.n_groups > 0) / max(predicted, 1)
     device = trainer.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     peak, why = peak_tflops(name, speed_settings(trainer.cfg.train, device)["matmul"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,22 @@ def test_bom_crlf_and_stray_line_breaks_are_normalized(tmp_path):
     scan = scan_lines(path)
     assert scan.lines == ["hello world", "split inside", "padded"]
     assert scan.line_breaks_replaced == 1
+
+
+def test_a_file_with_old_mac_line_ends_is_refused_not_read_as_one_example(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_bytes(b"first line\rsecond line\rthird line\r")
+    with pytest.raises(ValueError, match=r"x.txt: its lines end in \\r alone"):
+        scan_lines(path)
+
+
+def test_replaced_line_breaks_and_a_tab_column_are_warned_about(tmp_path, caplog):
+    src = make_dir(tmp_path / "src", train="4\ta b c\n1\td e\nsplit\u2028here\n")
+    with caplog.at_level(logging.WARNING):
+        prepare("--source", "dir", "--path", str(src), "--out", str(tmp_path / "out"))
+    assert "train.txt: 1 line break(s) inside lines" in caplog.text
+    assert "train.txt: 2 of 3 lines hold a tab (a label column?)" in caplog.text
+    assert read_lines(tmp_path / "out" / "train.txt")[0] == "4\ta b c"  # kept whole, as the warning says
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from della import cost
-from della.flops import cvae_floor, forward_flops_per_token, peak_tflops, train_flops_per_sequence, vae_lm_floor
+from della.flops import (cvae_floor, forward_flops, forward_flops_per_token, peak_tflops, train_flops_per_sequence,
+                         vae_lm_floor)
 from tests.conftest import tiny_model
 
 
@@ -67,3 +69,37 @@ def test_cvae_floor_counts_the_extra_encoder_passes_by_hand():
     assert cvae_floor("bart", 1, 1, 1, 2, 3) == pytest.approx((64 + 96 + 4 + 220) / (64 + 96 + 4))
     with pytest.raises(ValueError, match="expected gpt2 or bart"):
         cvae_floor("t5", 1, 1, 1, 2, 3)
+
+
+def test_forward_flops_of_a_sentence_and_of_a_cvae_example_by_hand():
+    """L = 1, d = 2, V = 3: body(T) = 24*4 + 8T per token, head 12."""
+    # gpt2 CVAE, sequence 4 of which source 2: decoder 3 * (96 + 24 + 12) = 396; posterior 4 * (96 + 32) = 512;
+    # condition 2 * (96 + 16) = 224
+    assert forward_flops("gpt2", 1, 2, 3, 4, 2, latent=False) == 396
+    assert forward_flops("gpt2", 1, 2, 3, 4, 2, latent=True) == 396 + 512 + 224
+    assert forward_flops("gpt2", 1, 2, 3, 4, latent=True) == 396 + 512  # a sentence: no condition
+    # bart, decoder sequence 4, source 2: encoder 224; decoder 3 * (112 + 24 + 16) + 2 * 16 = 488; head 3 * 12;
+    # posterior over 6 tokens 6 * (96 + 48) = 864
+    assert forward_flops("bart", 1, 2, 3, 4, 2, latent=False) == 224 + 488 + 36
+    assert forward_flops("bart", 1, 2, 3, 4, 2, latent=True) == 224 + 488 + 36 + 864
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bart"])
+def test_a_cvae_runs_mfu_counts_its_whole_example_per_predicted_target_token(kind):
+    """The MFU's FLOPs per token: the example's (source and target, every pass) over the target tokens
+    the loss predicts (tokens/s counts those), not a sentence's count over the whole sequence."""
+    from types import SimpleNamespace
+
+    from della.batches import EncodedSplit
+    from della.config import TrainConfig
+    from della.train import utilisation
+
+    split = EncodedSplit("x", [[0] * 10, [0] * 14], sources=[[0] * 5, [0] * 7], target_starts=[6, 8])
+    model = SimpleNamespace(backbone=SimpleNamespace(n_layer=2, n_embd=8), vocab=SimpleNamespace(size=50), n_groups=3)
+    trainer = SimpleNamespace(train_split=split, model=model, device=torch.device("cpu"),
+                              cfg=SimpleNamespace(backbone=SimpleNamespace(kind=kind), train=TrainConfig()),
+                              dist=SimpleNamespace(world=1))
+    out = utilisation(trainer, tokens_per_second=100.0)
+    # mean sequence 12, mean source 6, mean predicted tokens (10 - 6 + 14 - 8) / 2 = 5
+    assert out["flops_per_token"] == pytest.approx(3 * forward_flops(kind, 2, 8, 50, 12, 6, latent=True) / 5)
+    assert out["mfu"] is None and out["peak_tflops"] is None  # on a CPU

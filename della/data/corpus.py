@@ -78,6 +78,9 @@ def scan_lines(path: str | Path) -> LineScan:
     data = path.read_bytes()
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
+    if b"\n" not in data and data.count(b"\r") > 1:  # else the whole file would become one example
+        raise ValueError(f"{path}: its lines end in \\r alone (classic Mac OS line ends); convert them to "
+                         "\\n, e.g. `tr '\\r' '\\n'`")
     raw_lines = data.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":  # the final newline ends the last line
         raw_lines.pop()

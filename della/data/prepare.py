@@ -128,6 +128,13 @@ def write_prepared(scans: dict[str, LineScan], attributes: dict[str, list[dict[s
         if scan.empty_line_numbers:
             log.warning("%s: dropped %d empty line(s): %s%s", scan.path, len(scan.empty_line_numbers),
                         scan.empty_line_numbers[:10], " ..." if len(scan.empty_line_numbers) > 10 else "")
+        if scan.line_breaks_replaced:
+            log.warning("%s: %d line break(s) inside lines (\\r, \\u2028, ...) became spaces", scan.path,
+                        scan.line_breaks_replaced)
+        tabbed = sum("\t" in line for line in scan.lines)
+        if 2 * tabbed > len(scan.lines):  # the official DELLA loader keeps only the last tab-separated field
+            log.warning("%s: %d of %d lines hold a tab (a label column?): they are kept whole, tab included",
+                        scan.path, tabbed, len(scan.lines))
         lines, cap = scan.lines, caps[split]
         entry = scan.report()
         entry["capped_from"] = len(lines) if cap is not None and len(lines) > cap else None
