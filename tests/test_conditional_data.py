@@ -84,8 +84,8 @@ def test_truncation_keeps_either_end_and_the_whitespace_between_kept_tokens():
 
 def test_jsonl_source_writes_splits_and_records_preprocessing_and_caps(tmp_path):
     too_long = {"source": "s", "target": "w " * 700}
-    train = [{"source": "a b c d", "target": "x <newline> y z"}, too_long, {"source": "e", "target": "f"},
-             {"source": "g", "target": "h"}]
+    train = [{"source": "a b c d", "target": "x <newline> y z"}, too_long, "", {"source": "e", "target": "f"},
+             "  ", {"source": "g", "target": "h"}]
     src = make_task(tmp_path / "task", train=train)
     out = tmp_path / "out"
     report = prepare("--source", "jsonl", "--path", str(src), "--wp-preprocess", "--max-source-tokens", "2",
@@ -95,6 +95,7 @@ def test_jsonl_source_writes_splits_and_records_preprocessing_and_caps(tmp_path)
     assert rows == [{"source": "c d", "target": "y z"}, {"source": "e", "target": "f"}]
     entry = report["splits"]["train"]
     assert (entry["pairs_read"], entry["wp_too_long_dropped"], entry["wp_too_long_lines"]) == (4, 1, [2])
+    assert entry["blank_lines_skipped"] == 2
     assert (entry["sources_truncated"], entry["targets_truncated"], entry["capped_from"]) == (1, 1, 3)
     assert entry["pairs_written"] == 2 and entry["input"].endswith("task/train.jsonl")
     assert report["task"] == "conditional" and report["preprocessing"] == {"wp": True, "wp_max_pair_words": 700}

@@ -164,7 +164,8 @@ def truncate_tokens(text: str, limit: int | None, side: str) -> str:
 
 def apply_caps(pairs: list[Pair], caps: Caps, max_lines: int | None) -> tuple[list[Pair], dict[str, Any]]:
     """Preprocess, truncate and cap one split; returns the kept pairs and their counts."""
-    report: dict[str, Any] = {"pairs_read": len(pairs)}
+    # JSONL: every non-blank line is a pair or an error, so the lines before the last pair that hold none were blank
+    report: dict[str, Any] = {"pairs_read": len(pairs), "blank_lines_skipped": pairs[-1].line - len(pairs) if pairs else 0}
     if caps.wp_preprocess:
         kept = [(pair, wp_preprocess(pair)) for pair in pairs]
         dropped = [pair.line for pair, new in kept if new is None]
