@@ -77,6 +77,8 @@ def test_paper_configs_ask_for_the_papers_scale(name):
             assert "kind" not in override or override["pretrained"] == PRETRAINED[kind], model
             assert ds["tokenizer"]["pretrained"] == PRETRAINED[kind], (dataset, model)
     assert cfg["train"]["device"] == "cuda" and cfg["resources"]["train"]["gpu"] >= 1
+    for rule, res in cfg["resources"].items():  # else profiles/slurm's default partition, `cpu`
+        assert not res.get("gpu") or res.get("slurm_partition"), rule
     assert cfg["train"]["batch_size"] in (16, 32) and cfg["train"]["lr"] in (5e-5, 7e-5)
     assert cfg["train"]["cycle_epochs"] == 2
     assert cfg["experiment"] == f"paper-{name}"  # never mixed with the small config's results

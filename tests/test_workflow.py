@@ -280,3 +280,34 @@ def test_several_gpus_per_training_job_launch_torchrun(tmp_path):
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", str(write_config(tmp_path, cfg)))
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "torchrun --standalone --nproc_per_node 4 -m della train" in proc.stdout
+
+
+def test_gpus_set_on_the_command_line_reach_torchrun_too(tmp_path):
+    """`--set-resources train:gpu=N` (profiles/README) allocates N GPUs: training must use them all."""
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--resources", "gpu=2", "--set-resources", "train:gpu=2",
+                     "--configfile", str(write_config(tmp_path, sentence_default())))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "torchrun --standalone --nproc_per_node 2 -m della train" in proc.stdout
+
+
+def test_a_label_with_braces_reaches_the_table_command(tmp_path):
+    """A LaTeX label ("\\textsc{DELLA}") is text, not a Snakemake wildcard."""
+    cfg = sentence_default()
+    cfg["models"]["della"]["label"] = r"\textsc{DELLA}"
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", str(write_config(tmp_path, cfg)))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert r"--label 'della=\textsc{DELLA}'" in proc.stdout
+
+
+def test_rules_that_may_need_the_network_are_local_and_model_loading_ones_are_jobs(tmp_path):
+    """On a cluster a compute node often has no network (a hub dataset is read by prepare_*), and the
+    submit host no GPU (interpolation loads the model on the run's device)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, ResourceSettings
+
+    with SnakemakeApi() as api:
+        workflow = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=REPO / "Snakefile",
+                                config_settings=ConfigSettings(), workdir=tmp_path)
+        local = workflow._workflow._localrules
+    assert {"prepare_data", "prepare_conditional_data", "tokenizer", "table7"} <= local
+    assert not {"train", "evaluate", "generate", "interpolation"} & local

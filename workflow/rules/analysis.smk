@@ -1,7 +1,8 @@
 # The paper's analyses that need no extra training: Table 7 (statistics of every prepared dataset,
 # sentence datasets first and then the conditional ones, as the paper lists them) and Fig. 3 (greedy
 # text along the line between the posterior means of the first two test sentences, for every model
-# with a latent; sentence datasets only, `interpolate` takes {split}.txt). Cheap: local rules.
+# with a latent; sentence datasets only, `interpolate` takes {split}.txt). Table 7 is a cheap local
+# rule; Fig. 3 loads the model on the run's device, so it is a job with evaluate's resources.
 
 
 def latent_models():
@@ -15,6 +16,7 @@ rule table7:
     input:
         data=[split_file(dataset, "train") for dataset in LM_DATASETS + CONDITIONAL_DATASETS],
         tokenizers=expand(results("tokenizers/{dataset}/tokenizer-info.json"), dataset=LM_DATASETS + CONDITIONAL_DATASETS),
+        code=[TABLES_CODE, str(REPO / "della" / "data" / "stats.py")],  # editing either reruns it
     output:
         **table_outputs("table7"),
     params:
@@ -46,7 +48,9 @@ rule interpolation:
         run_dir=lambda wildcards, input: Path(input.run).parent,
     log:
         logs("interpolation/{dataset}/{model}/seed{seed}.log"),
-    localrule: True
+    threads: rule_threads("evaluate")
+    resources:
+        **rule_resources("evaluate"),
     shell:
         "python -m della interpolate --run {params.run_dir} --pair-from {input.test} --steps 10"
         " --out {output.md} > {log} 2>&1"

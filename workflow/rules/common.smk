@@ -212,10 +212,10 @@ def rule_threads(rule_name):
     return config["resources"][rule_name]["cpus_per_task"]
 
 
-def train_launcher():
+def train_launcher(wildcards, resources):
     """`python` for one device; `torchrun` (DistributedDataParallel, one process per GPU) when the
-    train rule asks for several GPUs (resources.train.gpu > 1)."""
-    gpus = config["resources"]["train"].get("gpu") or 0
+    train job has several GPUs (resources.train.gpu > 1, or `--set-resources train:gpu=N`)."""
+    gpus = resources.get("gpu", 0) or 0
     return f"torchrun --standalone --nproc_per_node {gpus}" if gpus > 1 else "python"
 
 

@@ -34,6 +34,7 @@ use rule prepare_data as prepare_conditional_data with:
         report=results("data/{dataset}/prepare.json"),
     wildcard_constraints:
         dataset=one_of(CONDITIONAL_DATASETS),
+    localrule: True  # `use rule` does not carry it over
 
 
 rule tokenizer:

@@ -66,8 +66,9 @@ for _table in dict.fromkeys(["table1", *config["tables"]["names"]]):
             out_prefix=table_prefix,
             datasets=",".join(table_datasets(_table)),
             models=",".join(table_models(_table)),
-            args=table_args(table_models(_table), table_datasets(_table),
-                            config["tables"]["paper_rows"] and _table in PAPER_TABLES),
+            # a function: a params string is a wildcard pattern, and a label may hold braces ("\\textsc{DELLA}")
+            args=lambda wildcards, table=_table: table_args(table_models(table), table_datasets(table),
+                                                            config["tables"]["paper_rows"] and table in PAPER_TABLES),
         log:
             logs(f"{_table}.log"),
         localrule: True
@@ -102,7 +103,7 @@ use rule table1 as cost_table with:
         out_prefix=table_prefix,
         datasets=",".join(DATASETS),
         models=",".join(MODELS),
-        args=table_args(MODELS, DATASETS, paper_rows=config["tables"]["paper_rows"]),
+        args=lambda wildcards: table_args(MODELS, DATASETS, paper_rows=config["tables"]["paper_rows"]),
     log:
         logs("cost_table.log"),
 

@@ -1,6 +1,8 @@
 # The run config (the only place it is built), then one training run per (dataset, model, seed).
 # Any run config change reruns `train`; inside it the checkpoints' fingerprint decides what is reused
-# (README "Resuming"): a finished run of the same training recipe only rewrites run.json.
+# (README "Resuming"): a finished run of the same training recipe only rewrites run.json. (An
+# `ancient` config input with the recipe as a param would spare that job, but Snakemake 9 skips the
+# params check of a job whose ancient input's producer reruns, so a changed recipe would not retrain.)
 
 
 rule run_config:
@@ -24,7 +26,7 @@ rule train:
         f"{RUN_DIR}/run.json",  # written last, after the final checkpoint
     params:
         run_dir=run_dir,
-        launcher=train_launcher(),
+        launcher=train_launcher,
     log:
         logs("train/{dataset}/{model}/seed{seed}.log"),
     benchmark:
