@@ -136,13 +136,12 @@ def test_the_official_preset_at_gpt2_small_has_the_papers_parameter_count():
 def test_every_paper_row_a_config_names_is_one_of_the_papers(name):
     """An entry's paper row (its `paper_row`, else its model's paper name) is a row of the paper's
     tables it renders, so no paper row silently goes missing; rows the paper lacks say `false`."""
-    from della.models import paper_name
+    from della.models import paper_row
     from della.tables import PAPER_TABLES, paper_values
 
     cfg = validated(load(REPO / "config" / "paper" / f"{name}.yaml"))
     tables = [t for t in cfg["tables"]["names"] if t in PAPER_TABLES]
     printed = {model for table in tables for _, model, _ in paper_values(table)}
     for entry, spec in cfg["models"].items():
-        row = paper_name(spec["model"]) if spec["paper_row"] is None else spec["paper_row"]
-        assert row is False or row in printed, (entry, row)
+        assert spec["paper_row"] is False or paper_row(spec) in printed, (entry, paper_row(spec))
     assert cfg["tables"]["paper_rows"]

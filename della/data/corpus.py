@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # Inside an example they would split it in two for some readers, so they become spaces.
 _LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _BREAKS_TO_SPACE = str.maketrans({c: " " for c in _LINE_BREAKS + "\n"})
+SPLITS = ("train", "valid", "test")  # of every prepared dataset
 MAX_REPORTED_LINE_NUMBERS = 1000  # prepare.json lists at most this many dropped line numbers
 
 
@@ -132,9 +133,6 @@ def read_attributes(path: str | Path, n_lines: int | None = None) -> list[dict[s
     if n_lines is not None and len(records) != n_lines:
         raise ValueError(f"{path}: {len(records)} attribute records for {n_lines} text lines")
     return records
-
-
-SPLITS = ("train", "valid", "test")
 
 
 def clear_prepared(out: Path) -> None:

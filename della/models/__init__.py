@@ -8,7 +8,7 @@ model's default row label and the row it is compared with in the paper's publish
 
 from della.models import catalog  # noqa: F401 - registers the models
 from della.models.registry import (BACKBONE_KINDS, MODELS, ModelSpec, check_model_name, default_label, paper_name,
-                                   register_model, runs_on)
+                                   paper_row, register_model, runs_on)
 
 __all__ = ["BACKBONE_KINDS", "MODELS", "ModelSpec", "check_model_name", "default_label", "paper_name",
-           "register_model", "runs_on"]
+           "paper_row", "register_model", "runs_on"]

@@ -111,6 +111,13 @@ def default_label(model: str) -> str:
     return paper_name(model) or model
 
 
+def paper_row(entry: dict) -> str | None:
+    """The paper's row a workflow model entry reproduces: its `paper_row`, else its model's paper
+    name; None when it has none (`paper_row: false`, or a model the paper does not name)."""
+    row = paper_name(entry["model"]) if entry.get("paper_row") is None else entry["paper_row"]
+    return row or None
+
+
 def check_model_name(model: str, where: str) -> None:
     """Raise a ValueError naming `where` (a config key) and the registered models if `model` is unknown."""
     try:

@@ -6,7 +6,7 @@
 # The code that reads and renders them is an input, so editing it reruns these rules.
 import shlex
 
-from della.models import default_label, paper_name
+from della.models import default_label, paper_row
 from della.tables import PAPER_DIR, PAPER_TABLES, TABLES
 
 TABLES_CODE = str(REPO / "della" / "tables.py")
@@ -22,9 +22,8 @@ def table_args(models, datasets, paper_rows):
     for name in models:
         entry = config["models"][name]
         args += ["--label", f"{name}={entry['label'] or default_label(entry['model'])}"]
-        paper_row = paper_name(entry["model"]) if entry["paper_row"] is None else entry["paper_row"]
-        if paper_rows and paper_row:
-            args += ["--paper-model", f"{name}={paper_row}"]
+        if paper_rows and paper_row(entry):
+            args += ["--paper-model", f"{name}={paper_row(entry)}"]
     if paper_rows:
         args.append("--paper")
         for dataset, paper_dataset in config["tables"]["paper_datasets"].items():
