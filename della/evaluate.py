@@ -37,6 +37,8 @@ from della.train import autocast, load_split
 
 log = logging.getLogger(__name__)
 NO_LATENT = "the model has no latent variable"
+NO_BOS_COUNT = ("the official word count (<s> + BPE + </s>, its attention_mask.sum()) is the sentence code's: "
+                "a conditional sequence has none")
 
 # key: (label, log p(x) estimator, word count). hierarchical: sums over layers (a bound on log p(x));
 # layer-mean: the official code's (1/G) sums (reference §8.1, D2). bpe+eos: the predicted tokens;
@@ -102,7 +104,8 @@ def posterior_means(model, split, k: int, batch_size: int, device) -> torch.Tens
     return means.cpu()
 
 
-def ppl_metrics(acc: dict, k: int, n_groups: int) -> dict[str, dict]:
+def ppl_metrics(acc: dict, k: int, n_groups: int, conditional: bool = False) -> dict[str, dict]:
+    """Every PPL convention; on a conditional run the "+<s>" ones are null (NO_BOS_COUNT)."""
     n = acc["rec_nll"].shape[0]
     log_marginal = {"hierarchical": acc["log_marginal"].sum().item(),
                     "layer-mean": acc["log_marginal_layer_mean"].sum().item()}
@@ -111,6 +114,9 @@ def ppl_metrics(acc: dict, k: int, n_groups: int) -> dict[str, dict]:
     kind = "exact" if n_groups == 0 else "importance-weighted"
     out = {}
     for key, (_, estimator, count) in PPL_CONVENTIONS.items():
+        if conditional and count == "bos+bpe+eos":
+            out[key] = METRICS[key].entry(None, error=f"not computable: {NO_BOS_COUNT}")
+            continue
         out[key] = METRICS[key].entry(math.exp(-log_marginal[estimator] / words[count]),
             signature=f"K={k}|est={estimator}|words={count}|n={n}",
             details={"word_count": words[count], "estimator": kind})
@@ -156,7 +162,7 @@ def representation_metrics(model, acc: dict, k: int, mi_batch_size: int | None) 
     except TooFewExamples as err:
         return {key: spec.entry(None, error=f"not computable: {err}") for key, spec in METRICS.items()}
     G = model.n_groups
-    out = ppl_metrics(acc, k, G)
+    out = ppl_metrics(acc, k, G, model.conditional)
     if G == 0:
         out.update({key: spec.entry(None, error=NO_LATENT) for key, spec in METRICS.items() if key not in out})
         return out

@@ -336,6 +336,8 @@ class Trainer:
             raise ValueError(f"{self.train_split.path}: {n} examples, fewer than one batch "
                              f"(train.batch_size = {tc.batch_size} x {self.dist.world} processes)")
         micro_batches = n // self.global_batch + (n % self.global_batch >= self.dist.world)  # as rank_batches
+        # an epoch's last, partial group of micro-batches steps too, so S (the β ramp's unit) is rounded up:
+        # the official code's S = floor(micro-batches / grad_accum) differs only where grad_accum does not divide
         self.steps_per_epoch = -(-micro_batches // tc.grad_accum)
         torch.manual_seed(cfg.seed * 1_000 + self.dist.rank)  # own dropout and posterior noise per rank
         self.trained = self.model if self.dist.world == 1 else DistributedDataParallel(

@@ -399,3 +399,12 @@ def test_beam_search_on_bart_equals_transformers_generate():
             do_sample=False, eos_token_id=EOS, pad_token_id=PAD, bos_token_id=BOS, decoder_start_token_id=EOS)
         expected = [r[: r.index(EOS)] if EOS in r else [t for t in r if t != PAD] for r in out[:, 2:].tolist()]
         assert ours == expected, seed
+
+
+@torch.no_grad()
+def test_della_pools_the_condition_by_the_posteriors_pooling_of_each_layer():
+    model = bart_model("della", pool="attention")
+    for pool in model.pool:
+        pool.w.normal_()
+    _, _, cond = bart_batch(seed=5)
+    torch.testing.assert_close(model.encode_condition(cond), model.encoder_features(model.pool, cond.ids, cond.mask))

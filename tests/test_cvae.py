@@ -247,3 +247,15 @@ def test_beam_search_of_a_gpt2_cvae_equals_transformers_generate():
             pad_token_id=VOCAB.pad_id)
         expected = [r[: r.index(eos)] if eos in r else [t for t in r if t != VOCAB.pad_id] for r in out[:, 6:].tolist()]
         assert ours == expected, seed
+
+
+@torch.no_grad()
+def test_della_encodes_the_condition_with_the_posteriors_own_encoder_and_pooling():
+    """Reference §5: c_l is the official encoder's pass over the source, pooling weights included, so
+    under `pool: attention` it is x^(l) of the source (the unconditional model's encoding of it)."""
+    plain, cvae = conditional_twin("della", pool="attention")
+    for pool in plain.pool:
+        pool.w.normal_()  # pooling weights far from their init, so a second set would differ
+    cvae.pool.load_state_dict(plain.pool.state_dict())
+    _, (_, _, condition) = conditional_batch()
+    torch.testing.assert_close(cvae.encode_condition(condition), plain.encode(condition.ids, condition.mask))

@@ -61,6 +61,11 @@ def test_every_ppl_convention_is_its_own_key_with_its_own_estimator_and_word_cou
         assert f"est={estimator}|words={words}" in out[key]["signature"]
     assert "est=hierarchical|words=bpe+eos" in out["iw_ppl"]["signature"]
     assert out["iw_nll"]["value"] == pytest.approx(15.0)
+    conditional = ppl_metrics(acc, k=5, n_groups=3, conditional=True)  # no <s> in a source -> target sequence
+    assert all(conditional[key]["value"] is None and "conditional" in conditional[key]["error"]
+               for key in ("iw_ppl_bos", "iw_ppl_official"))
+    assert {key: conditional[key] for key in ("iw_ppl", "iw_ppl_layer_mean", "iw_nll")} == \
+        {key: out[key] for key in ("iw_ppl", "iw_ppl_layer_mean", "iw_nll")}
 
 
 def test_mi_entry_is_the_paired_estimate_with_a_deterministic_stderr_and_he2019_beside_it():

@@ -299,15 +299,39 @@ def test_a_label_with_braces_reaches_the_table_command(tmp_path):
     assert r"--label 'della=\textsc{DELLA}'" in proc.stdout
 
 
-def test_rules_that_may_need_the_network_are_local_and_model_loading_ones_are_jobs(tmp_path):
-    """On a cluster a compute node often has no network (a hub dataset is read by prepare_*), and the
-    submit host no GPU (interpolation loads the model on the run's device)."""
+def parsed_workflow(workdir: Path):
+    """The embedded default's Snakemake workflow, parsed in-process (rules, resources, localrules)."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, ResourceSettings
 
     with SnakemakeApi() as api:
-        workflow = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=REPO / "Snakefile",
-                                config_settings=ConfigSettings(), workdir=tmp_path)
-        local = workflow._workflow._localrules
+        return api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=REPO / "Snakefile",
+                            config_settings=ConfigSettings(), workdir=workdir)._workflow
+
+
+def test_rules_that_may_need_the_network_are_local_and_model_loading_ones_are_jobs(tmp_path):
+    """On a cluster a compute node often has no network (a hub dataset is read by prepare_*), and the
+    submit host no GPU (interpolation loads the model on the run's device)."""
+    local = parsed_workflow(tmp_path)._localrules
     assert {"prepare_data", "prepare_conditional_data", "tokenizer", "table7"} <= local
     assert not {"train", "evaluate", "generate", "interpolation"} & local
+
+
+@pytest.mark.parametrize("rule_name", ["train", "evaluate", "generate", "interpolation", "text_metrics"])
+def test_a_retried_job_gets_the_configured_memory_and_time_times_its_attempt(rule_name, tmp_path):
+    """The Slurm profile retries a failed job once: one killed for memory or time must not fail again
+    the same way."""
+    from snakemake.iocontainers import Wildcards
+
+    resources_of = config_resources(rule_name)
+    rule = parsed_workflow(tmp_path).get_rule(rule_name)
+    wildcards = Wildcards(fromdict={"dataset": "synthetic", "model": "della", "seed": "0"})
+    for attempt in (1, 2, 3):
+        got = rule.expand_resources(wildcards, [], attempt)
+        assert (got["mem_mb"], got["runtime"]) == (resources_of["mem_mb"] * attempt, resources_of["runtime"] * attempt)
+        assert got["cpus_per_task"] == resources_of["cpus_per_task"]
+
+
+def config_resources(rule_name: str) -> dict:
+    """The rule's resources in the default config (interpolation runs with evaluate's)."""
+    return DEFAULT_CONFIG["resources"]["evaluate" if rule_name == "interpolation" else rule_name]

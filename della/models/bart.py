@@ -12,7 +12,8 @@ decoder start, then BART's labels) with target_start = 2, so the trivial <s> is 
 Condition.ids = <s> source </s> is the encoder input the decoder cross-attends to.
 
 - Condition c: the BART encoder over the source, pooled by the model's `pool` kind: its last layer
-  for Embed/Memory/Softmax, encoder layer l for DELLA's latent layer l (reference §5.1). That one
+  for Embed/Memory/Softmax, encoder layer l for DELLA's latent layer l (reference §5.1), by the
+  posterior's own pooling of layer l, as the GPT-2 DELLA CVAE. That one
   pass also feeds the decoder's cross-attention (`encode_source`: once per batch, K samples included).
 - Posterior features x: the same encoder (shared weights, bidirectional) over <s> source </s> target
   </s>, pooled the same way. Not the target alone: the GPT-2 classes' posterior heads read x only
@@ -159,6 +160,9 @@ class BartDella(BartEncoding, Della):
         if backbone.n_encoder_layer != backbone.n_layer:
             raise ValueError(f"model 'della' on BART pairs encoder layer l with decoder layer l: the backbone has "
                              f"{backbone.n_encoder_layer} encoder and {backbone.n_layer} decoder layers")
+
+    def source_features(self, out, mask):
+        return self.pooled(self.pool, out, mask)  # x^(l)'s pooling, as the GPT-2 DELLA CVAE (della.py)
 
     def pooled(self, pools, out, mask):
         pool_mask = mask if self.config.pool_mask else None

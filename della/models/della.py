@@ -24,7 +24,8 @@ training and evaluation alike (q = p, so its KL term is 0): the recurrence stays
 optimised, and the ELBO, KL, MI and AU stay those of the whole model, as in the paper's Table 4.
 
 As a CVAE (reference §5, the official code): the condition is pooled per latent layer by an extra
-encoder pass over the source, c_l, and the prior of layer l takes [h_l; c_l], written here as
+encoder pass over the source, c_l (the same encoder and pooling as x^(l): `pool: attention`'s w_l
+are shared), and the prior of layer l takes [h_l; c_l], written here as
 W_p h_l + W_c c_l with W_c a Linear without bias (so W_c = 0 gives the unconditional prior, and
 the first layer's standard prior becomes N(W_c c_b)). The posterior is unchanged: x^(l) is pooled
 over source + target, so the condition reaches it through the encoder's input.
@@ -275,7 +276,6 @@ class Della(LatentModel):
         self.bn = (None if config.bn_gamma is None
                    else nn.ModuleList(PosteriorMeanBatchNorm(p, config.bn_gamma) for _ in range(G)))
         if conditional:
-            self.condition_pool = nn.ModuleList(build_pooling(config.pool, d) for _ in range(G))
             self.prior_condition = GroupedLinear(G, d, 2 * p, bias=False)
         self._register_load_state_dict_pre_hook(stack_per_group_keys)
 
@@ -286,8 +286,9 @@ class Della(LatentModel):
         return x if condition is None else torch.cat([x, self.encode_condition(condition)], -1)
 
     def encode_condition(self, condition: Condition) -> torch.Tensor:
-        """c_l (B, G, d): the source's encoder pass, pooled per latent layer."""
-        return self._pooled_layers(self.condition_pool, condition.ids, condition.mask)
+        """c_l (B, G, d): the source's encoder pass, pooled per latent layer by x^(l)'s own pooling (the
+        official code runs its whole encoder, pooling weights included, over the source)."""
+        return self._pooled_layers(self.pool, condition.ids, condition.mask)
 
     def _pooled_layers(self, pools, input_ids, mask) -> torch.Tensor:
         out = self.backbone(input_ids, mask, causal=False, return_layers=True, final_norm=False)

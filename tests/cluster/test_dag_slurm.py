@@ -18,7 +18,7 @@ from slurm import LocalSlurm, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 RUN_TIMEOUT = 1200  # hard limit per snakemake run (s)
-HEAVY_RULES = {"train", "evaluate", "generate", "text_metrics", "human_metrics"}
+HEAVY_RULES = {"train", "evaluate", "generate", "interpolation", "text_metrics", "human_metrics"}
 CANCELLED = "della"  # the model whose training job is cancelled mid-run
 MODELS = ["gpt2", CANCELLED]  # gpt2: MAUVE's features come from the dataset's GPT-2 run (mauve_encoder: lm)
 

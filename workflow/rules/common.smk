@@ -203,8 +203,15 @@ def run_dir(wildcards, output):
 
 
 def rule_resources(rule_name):
-    """Scheduler resources of a rule, from config `resources`; optional strings only when set."""
-    return {k: v for k, v in config["resources"][rule_name].items() if v is not None}
+    """Scheduler resources of a rule, from config `resources`; optional strings only when set. Memory
+    and wall-clock limit grow with the attempt, so the profile's retry of a job killed for running
+    out of either gets more (a retried train resumes from its checkpoint)."""
+    resources = {k: v for k, v in config["resources"][rule_name].items() if v is not None}
+    return {**resources, **{k: per_attempt(resources[k]) for k in ("mem_mb", "runtime")}}
+
+
+def per_attempt(value):
+    return lambda wildcards, attempt: value * attempt
 
 
 def rule_threads(rule_name):
