@@ -124,6 +124,10 @@ def use_fused_adam(cfg: TrainConfig, device: torch.device) -> bool:
     return device.type in FUSED_ADAM_DEVICES if cfg.fused_adam == "auto" else cfg.fused_adam
 
 
+def fused_kernel(optimizer: torch.optim.Optimizer) -> bool:
+    return bool(optimizer.param_groups[0].get("fused"))
+
+
 def make_optimizer(model: LatentModel, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
                              fused=use_fused_adam(cfg, device))
@@ -351,6 +355,7 @@ class Trainer:
         self.fingerprint = fingerprint(self.recipe)
         self.warm_start = None  # set when train.resume = weights-only took another recipe's weights
         self.resumed_from = None
+        self.skipped_corrupt: list[Path] = []  # unreadable checkpoints resume fell back past
         self.earlier_processes: list[dict] = []  # the processes that trained the resumed weights
         self.started_at, self.provenance = (0, 0), {}  # this process: (epoch, step) it began at, on what
 
@@ -412,6 +417,10 @@ class Trainer:
                 self._truncate_log(0)
             return
         path, state = found
+        if self.dist.is_main:
+            for corrupt in self.skipped_corrupt:  # else the next checkpoint rotates it over the good previous.pt
+                os.replace(corrupt, corrupt.with_name(corrupt.name + ".corrupt"))
+                log.warning("moved the unreadable %s aside to %s.corrupt", corrupt, corrupt.name)
         warm = state["fingerprint"] != self.fingerprint
         self.model.load_state_dict(state["model"])
         if warm:  # weights-only: a fresh optimizer at the current train.*, this run's seeded RNG streams
@@ -425,6 +434,10 @@ class Trainer:
                                       f"(or delete {self.run.checkpoint_dir}) to retrain") from err
             self.warm_start = state["warm_start"]
             set_rng_state(state["rng"][self.dist.rank])
+            if fused_kernel(self.optimizer) != use_fused_adam(self.cfg.train, self.device):
+                log.warning("train.fused_adam = %s does not reach a resumed optimizer: it keeps its checkpoint's "
+                            "AdamW kernel (fused: %s; run.json speed.fused_adam records it)",
+                            self.cfg.train.fused_adam, fused_kernel(self.optimizer))
         for key in ("epoch", "step", "beta", "log_lines", "train_seconds", "tokens_seen"):
             setattr(self, key, state[key])
         self.earlier_processes = state.get("processes") or [  # a checkpoint written before they were recorded
@@ -445,6 +458,7 @@ class Trainer:
         if self.cfg.train.resume == "never":
             return None, "train.resume = never"
         corrupt, unusable = [], []
+        self.skipped_corrupt = []
         for path in paths:
             try:
                 state = load_checkpoint(path)
@@ -453,6 +467,7 @@ class Trainer:
             except CheckpointError as err:
                 log.warning("%s; skipping it", err)
                 corrupt.append(str(err))
+                self.skipped_corrupt.append(path)
                 continue
             why = self._why_not_resumable(state)
             if why is None:
@@ -560,10 +575,11 @@ class Trainer:
 
     def _restart_hint(self) -> str:
         """Where the last good checkpoint is and the two ways to restart."""
-        if not self.run.checkpoint.exists():
+        good = next((p for p in (self.run.checkpoint, self.run.previous_checkpoint) if p.exists()), None)
+        if good is None:
             return ("no epoch ended finite, so there is no checkpoint: lower train.lr (or set train.grad_clip) "
                     "and rerun; a changed training recipe trains from scratch")
-        return (f"the last good checkpoint is {self.run.checkpoint} (after epoch {self.epoch}). To train from "
+        return (f"the last good checkpoint is {good} (after epoch {self.epoch}). To train from "
                 f"scratch, change the settings (e.g. lower train.lr) and rerun: a changed recipe never resumes "
                 f"(or set train.resume: never). To continue from that checkpoint's weights with a fresh "
                 f"optimizer at the new settings, also set train.resume: weights-only")
@@ -663,11 +679,12 @@ def train(cfg: RunConfig, out: Path) -> dict | None:
         trainer.close()
 
 
-def speed_settings(tc: TrainConfig, device: torch.device) -> dict:
-    """The speed switches as this run resolved them (run.json `speed`)."""
+def speed_settings(tc: TrainConfig, device: torch.device, optimizer: torch.optim.Optimizer) -> dict:
+    """The speed switches as this run resolved them (run.json `speed`); the AdamW kernel is the
+    optimizer's own (a resumed optimizer keeps its checkpoint's)."""
     allow_tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
     return {"precision": tc.precision, "matmul": matmul_precision(tc.precision, allow_tf32),
-            "fused_adam": use_fused_adam(tc, device), "compile": tc.compile, "pad_to_multiple": tc.pad_to_multiple,
+            "fused_adam": fused_kernel(optimizer), "compile": tc.compile, "pad_to_multiple": tc.pad_to_multiple,
             "reuse_host_memory": host_memory.resolve(tc.reuse_host_memory, device),
             "attention": "torch.nn.functional.scaled_dot_product_attention"}
 
@@ -685,7 +702,7 @@ def utilisation(trainer: Trainer, tokens_per_second: float) -> dict:
                                   source, latent=trainer.model.n_groups > 0) / max(predicted, 1)
     device = trainer.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    peak, why = peak_tflops(name, speed_settings(trainer.cfg.train, device)["matmul"])
+    peak, why = peak_tflops(name, speed_settings(trainer.cfg.train, device, trainer.optimizer)["matmul"])
     mfu = None if peak is None else tokens_per_second * per_token / (peak * 1e12 * trainer.dist.world)
     return {"flops_per_token": per_token, "peak_tflops": peak, "mfu": mfu, **({"mfu_note": why} if why else {})}
 
@@ -706,7 +723,7 @@ def _finish(trainer: Trainer, valid: dict, wall: float) -> dict:
         "steps": trainer.step, "epochs": trainer.epoch,
         "fingerprint": trainer.fingerprint, "resumed_from": trainer.resumed_from, "warm_start": trainer.warm_start,
         "processes": trainer.processes(),
-        "speed": speed_settings(cfg.train, trainer.device),
+        "speed": speed_settings(cfg.train, trainer.device, trainer.optimizer),
         "cost": {"train_seconds": trainer.train_seconds, "wall_seconds_this_process": time.perf_counter() - wall,
                  "tokens_seen": trainer.tokens_seen, "tokens_per_second": tokens_per_second,
                  **utilisation(trainer, tokens_per_second), **peak_memory_mb(trainer.device)},

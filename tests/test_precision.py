@@ -15,6 +15,7 @@ import torch
 
 from della.config import ConfigError, TrainConfig
 from della.estimators import iw_batch
+from della.models.base import LatentModel
 from della.train import autocast
 from tests.conftest import random_batch, tiny_model
 
@@ -62,6 +63,21 @@ def test_the_densities_and_kl_stay_fp32_under_bf16(name, device):
         log_q = model.log_q_matrix(post.z[0], features)
     assert post.z.dtype == post.mean.dtype == torch.float32  # the draw (see the test below)
     assert post.log_q.dtype == post.log_p.dtype == post.kl.dtype == log_q.dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ("della", "embed"))
+@torch.no_grad()
+def test_the_bag_of_words_log_softmax_is_fp32_under_bf16(name, device):
+    """CPU autocast leaves log_softmax in bf16 (CUDA's promotes it): the BoW loss casts its logits itself."""
+    model = tiny_model(name, use_bow=True).to(device)
+    ids, mask = (t.to(device) for t in random_batch(b=6, t=12))
+    z = torch.randn(ids.shape[0], model.n_groups, model.latent_size, device=device)
+    with autocast(ids.device, "bf16"):
+        loss = model.bow_loss(ids, mask[:, 1:], z)
+        logits = LatentModel.output_logits(model, model.bow(z[:, -1])[:, None, :], z)[:, 0]
+    expected = -(logits.float().log_softmax(-1).gather(1, ids[:, 1:]) * mask[:, 1:]).sum(1)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
 
 
 def _sharp_posterior(model, mean: float, std: float) -> None:

@@ -246,6 +246,21 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one(cfg, tmp_path, ca
         summary = train(cfg(epochs=2), tmp_path / "run")
     assert f"{last}: corrupt or truncated checkpoint" in caplog.text and "falling back" in caplog.text
     assert summary["resumed_from"]["epoch"] == 1 and same_run(tmp_path / "run", tmp_path / "fresh")
+    # the unreadable file is kept aside, not rotated over the good previous.pt by the next checkpoint
+    assert [checkpoint(tmp_path / "run", n)["epoch"] for n in ("last.pt", "previous.pt")] == [2, 1]
+    assert (last.parent / "last.pt.corrupt").read_bytes() == (tmp_path / "fresh/checkpoint/last.pt").read_bytes()[:1000]
+
+
+def test_a_non_finite_epoch_after_falling_back_names_the_checkpoint_it_resumed(cfg, tmp_path, monkeypatch):
+    train(cfg(epochs=2), tmp_path / "run")
+    last = tmp_path / "run" / "checkpoint" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    (tmp_path / "run" / "run.json").unlink()
+    monkeypatch.setattr(della.train, "validate", lambda *args: {"ce": float("nan")})
+    previous = last.with_name("previous.pt")
+    with pytest.raises(FloatingPointError, match=f"after epoch 2; the last good checkpoint is {previous} "
+                                                 r"\(after epoch 1\)"):
+        train(cfg(epochs=2), tmp_path / "run")
 
 
 def test_a_truncated_checkpoint_without_a_previous_one_is_an_error_naming_it(cfg, tmp_path):

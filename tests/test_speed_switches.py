@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -100,6 +101,17 @@ def test_run_json_records_the_resolved_speed_switches_and_why_mfu_is_null(corpus
     cost = summary["cost"]
     assert cost["mfu"] is None and cost["peak_tflops"] is None and "not trained on a GPU" in cost["mfu_note"]
     assert cost["flops_per_token"] > 0
+
+
+def test_a_resumed_optimizer_keeps_its_kernel_and_run_json_says_which(corpus, tmp_path, caplog):
+    """fused_adam is a speed switch (outside the recipe's fingerprint): flipping it still resumes, but
+    the loaded AdamW keeps its checkpoint's kernel, and run.json must name that one."""
+    train(run_config(corpus, epochs=1, fused_adam=True), tmp_path / "run")
+    (tmp_path / "run" / "run.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="della.train"):
+        summary = train(run_config(corpus, epochs=2, fused_adam=False), tmp_path / "run")
+    assert summary["resumed_from"]["epoch"] == 1
+    assert summary["speed"]["fused_adam"] is True and "keeps its checkpoint's AdamW kernel" in caplog.text
 
 
 @pytest.mark.slow

@@ -286,7 +286,7 @@ class LatentModel(nn.Module):
         if bow is None:
             return None
         logits = LatentModel.output_logits(self, bow(z[:, -1])[:, None, :], z)[:, 0]  # (N, V)
-        logp = logits.log_softmax(-1).gather(1, input_ids[:, 1:])  # (N, T-1)
+        logp = logits.float().log_softmax(-1).gather(1, input_ids[:, 1:])  # (N, T-1), fp32 under bf16 too
         return -(logp * predicted).sum(1)
 
     # --- persistence -----------------------------------------------------------------------------
