@@ -92,7 +92,8 @@ class MetricOptions:
     # ROUGE
     rouge_stemmer: bool = _opt(False, "Porter stemmer (rouge-score default off; unconfirmed)")
     rouge_l: str = _opt("rougeL", "rougeL (sentence LCS, the literal reading) or rougeLsum "
-                        "(summary-level LCS over the sentences, split at . ! ? and a space)")
+                        "(summary-level LCS over the sentences, split at . ! ? and whitespace only; "
+                        "a target's own line breaks do not split)")
 
     def __post_init__(self) -> None:
         choices = {"tokenizer": TOKENIZERS, "empty": EMPTY_POLICIES, "task": TASKS,

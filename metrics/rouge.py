@@ -9,13 +9,14 @@ import numpy as np
 
 from metrics.base import Score
 
-# rougeLsum's summary-level LCS reads a text's sentences off its lines; our texts are one line each,
-# so a sentence ends at ., ! or ? followed by whitespace (nltk's punkt would need a download)
+# rougeLsum's summary-level LCS reads a text's sentences off its lines. A sample is one line, a target
+# may keep its own line breaks (WritingPrompts' paragraphs), so both are split by one rule: a sentence
+# ends at ., ! or ? followed by whitespace (nltk's punkt would need a download), and no other break counts
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def sentence_lines(text: str) -> str:
-    return "\n".join(SENTENCE_END.split(text))
+    return "\n".join(SENTENCE_END.split(" ".join(text.split())))
 
 
 def rouge_fmeasures(targets: list[str], predictions: list[str], rouge_types: list[str],

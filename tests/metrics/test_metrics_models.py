@@ -32,6 +32,16 @@ def test_rouge_equals_rouge_score(shared_lines, stemmer, rouge_l):
         assert np.mean([a - b for a, b in cnndm]) > 0.02
 
 
+def test_rouge_lsum_splits_a_target_with_line_breaks_only_at_sentence_ends():
+    """A WritingPrompts target keeps its paragraphs' line breaks; a sample is one line: the same text
+    must score the same either way."""
+    sample = "and slept the cat sat on the mat. then it woke up"
+    one_line, broken = "the cat sat on the mat and slept. then it woke up", "the cat sat on the mat\nand slept.\n\nthen it woke up"
+    one, other = (metrics.compute(["rouge"], [sample], references=[target], rouge_l="rougeLsum",
+                                  task="conditional")["metrics"]["rougeL"]["value"] for target in (one_line, broken))
+    assert one == other < 1  # a break after "mat" would let "and slept" match out of order
+
+
 @pytest.fixture(scope="module")
 def snli_300():
     from pathlib import Path
