@@ -275,6 +275,7 @@ class Cell:
     stderrs: list[float] = field(default_factory=list)  # display scale, of the seeds that report one
     bold: bool = False
     texts: list[str] = field(default_factory=list)  # a text entry, one per seed
+    decimals: int | None = None  # shown at these, not the metric's (a paper number as printed)
 
     @property
     def text(self) -> str:
@@ -325,6 +326,7 @@ class PaperValue:
     printed: float  # as the paper prints it
     source: str  # table, block, row and column
     note: str
+    decimals: int  # the paper's, shown as printed (AU 23, not 23.00)
 
 
 @dataclass(frozen=True)
@@ -377,7 +379,8 @@ def read_paper(name: str) -> dict[tuple[str, str, str], PaperValue]:
                 if ident in out or scale <= 0:
                     raise ValueError("a repeated (dataset, model, metric)" if ident in out else "scale <= 0")
                 printed = float(row["printed"])
-                out[ident] = PaperValue(printed / scale, printed, row["source"], row["note"])
+                decimals = len(row["printed"].strip().partition(".")[2])
+                out[ident] = PaperValue(printed / scale, printed, row["source"], row["note"], decimals)
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"{path}:{line}: bad row ({err})") from None
     return out
@@ -447,24 +450,27 @@ def run_cells(rows: list[dict[str, Any]], infos: dict[str, MetricInfo]) -> dict[
 
 def mark_best(cells: list[Cell], info: MetricInfo) -> None:
     """Bold the best mean of a column when it is distinguishable from the runner-up: not equal at the
-    shown precision, and its mean ± error range does not overlap the runner-up's."""
+    shown precision, its mean ± error range does not overlap the runner-up's, and neither lacks seeds
+    (a partial cell's spread is unknown: its failed seeds may be what would tell them apart)."""
     if info.higher_is_better is None:
         return
     ranked = sorted((c for c in cells if c.values), key=lambda c: c.mean, reverse=info.higher_is_better)
     if len(ranked) < 2:
         return
     best, second = ranked[0], ranked[1]
-    if round(best.mean, info.decimals) == round(second.mean, info.decimals):
+    if best.partial or second.partial or round(best.mean, info.decimals) == round(second.mean, info.decimals):
         return
     best.bold = abs(best.mean - second.mean) > (best.error or 0.0) + (second.error or 0.0)
 
 
-def dataset_title(dataset: str, paper_names: Iterable[str]) -> str:
-    """The paper's spelling when the dataset is one of its datasets (ptb -> PTB, cnndm -> CNN/DM),
-    else capitalized."""
+def dataset_title(dataset: str, paper_names: Iterable[str], spelled_out: bool = True) -> str:
+    """The paper's spelling when the dataset is one of its datasets (ptb -> PTB, cnndm -> CNN/DM; WP as
+    Table 2's block title spells it out unless not `spelled_out`, as Tables 6 and 7), else capitalized."""
     dataset = DATASET_ALIASES.get(dataset.lower(), dataset)
     same = [p for p in (*paper_names, *PAPER_DATASETS) if p.lower() == dataset.lower()]
-    return PAPER_TITLES.get(same[0], same[0]) if same else dataset[:1].upper() + dataset[1:]
+    if not same:
+        return dataset[:1].upper() + dataset[1:]
+    return PAPER_TITLES.get(same[0], same[0]) if spelled_out else same[0]
 
 
 def paper_dataset(dataset: str, options: TableOptions, known: set[str]) -> str | None:
@@ -489,6 +495,7 @@ def paper_row(entry: str, name: str, dataset: str, paper: dict[tuple[str, str, s
     cells = {k: Cell([], 1) for k in infos}
     for k, v in found.items():
         cells[k].values.append(v.value * infos[k].display_scale if infos[k].known else v.printed)
+        cells[k].decimals = v.decimals
     return Row(entry, "paper", "paper", cells)
 
 
@@ -573,7 +580,8 @@ HTML = CellStyle(" ± ", "<b>{}</b>", "<sup>†</sup>", MISSING, html.escape, "�
 PARTIAL_NOTE = "mean over the seeds that have a value (fewer than the seeds run)"
 LEGEND = ("↑/↓: higher/lower is better. Mean ± std over seeds; with one seed, ± is the estimator's "
           "standard error where it reports one. Bold: the best value, only where it is distinguishable "
-          "(not equal at the shown precision, and its ± range clear of the runner-up's). –: no value.")
+          "(not equal at the shown precision, its ± range clear of the runner-up's, neither missing seeds). "
+          "–: no value.")
 
 
 def fixed(x: float, decimals: int) -> str:
@@ -621,7 +629,8 @@ class Rendering:
 
     def cell_text(self, row: Row, key: str, style: CellStyle) -> str:
         """Mean (± its error) at the metric's decimals; bold if best; `missing` if no value."""
-        cell, decimals = row.cells[key], self.infos[key].decimals
+        cell = row.cells[key]
+        decimals = self.infos[key].decimals if cell.decimals is None else cell.decimals
         if cell.texts:
             return style.escape(cell.text)
         if cell.mean is None:

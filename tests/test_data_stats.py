@@ -11,7 +11,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import WordLevel
 
 from della.cli import main as della_cli
-from della.data.stats import dataset_stats, paper_count
+from della.data.stats import DatasetStats, dataset_stats, paper_count, render_markdown
 from della.data.tokenizer import Tokenizer, load_tokenizer
 
 CORPUS = {  # 6 sentences; words 2+3+4 + 1 + 5+3 = 18; non-space characters 2+4+4 + 2 + 5+3 = 20
@@ -48,8 +48,9 @@ def test_counts_and_average_lengths_are_those_of_the_corpus(tmp_path):
     assert dataset_stats(tmp_path / "tiny").avg_tokens is None
 
 
-@pytest.mark.parametrize("n, text", [(0, "0"), (999, "999"), (3370, "3k"), (42068, "42k"), (99_600, "100k"),
-                                     (287_113, "287k"), (1_250_000, "1.2M")])
+@pytest.mark.parametrize("n, text", [(0, "0"), (999, "999"), (3370, "3k"), (3761, "3k"), (42068, "42k"),
+                                     (15_620, "15k"), (272_600, "272k"), (99_600, "99k"), (287_113, "287k"),
+                                     (1_250_000, "1.2M"), (1_299_999, "1.2M")])
 def test_counts_are_rounded_as_in_the_paper(n, text):
     assert paper_count(n) == text
 
@@ -109,3 +110,11 @@ def test_a_missing_split_names_the_file(tmp_path, caplog):
     with pytest.raises(SystemExit):
         della_cli(["data-stats", "--data", str(data), "--out-prefix", str(tmp_path / "t7")])
     assert f"{data / 'valid.txt'}: no such file" in caplog.text
+
+
+def test_rows_carry_the_papers_short_dataset_names():
+    """Table 7 prints WP (Table 2's block title spells it out) and CNN/DM, with the S:/T: lengths."""
+    wp = DatasetStats("wp", {"train": 272_600, "valid": 15_620, "test": 15_138}, {"source": 28.2, "target": 673.8}, None)
+    cnndm = DatasetStats("cnndm", {"train": 287_113, "valid": 13_368, "test": 11_490}, {"source": 790, "target": 61}, None)
+    md = render_markdown([wp, cnndm], with_tokens=False)
+    assert "| WP | 272k | 15k | 15k | S: 28 T: 674 |" in md and "| CNN/DM | 287k | 13k | 11k | S: 790 T: 61 |" in md

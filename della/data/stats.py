@@ -66,12 +66,13 @@ def dataset_stats(data_dir: str | Path, tokenizer: Tokenizer | None = None) -> D
 
 
 def paper_count(n: int) -> str:
-    """The paper's rounding: 3370 -> 3k, 42068 -> 42k; below 1000 exact, from a million 1.2M."""
+    """The paper's rounding, down: 3761 -> 3k (PTB's test set), 15_620 -> 15k (WP's dev set); below 1000
+    exact, from a million 1.2M."""
     if n < 1000:
         return str(n)
     if n < 1_000_000:
-        return f"{round(n / 1000)}k"
-    return f"{n / 1_000_000:.1f}M"
+        return f"{n // 1000}k"
+    return f"{n // 100_000 / 10:.1f}M"
 
 
 def _header(with_tokens: bool) -> list[str]:
@@ -89,7 +90,7 @@ def _display_rows(stats: list[DatasetStats], with_tokens: bool) -> list[list[str
     rows = []
     for s in stats:
         counts = [paper_count(s.sentences[split]) for split in SPLITS]
-        row = [dataset_title(s.dataset, ()), *counts, paper_length(s.avg_words)]
+        row = [dataset_title(s.dataset, (), spelled_out=False), *counts, paper_length(s.avg_words)]
         if with_tokens:
             row.append("–" if s.avg_tokens is None else paper_length(s.avg_tokens))
         rows.append(row)
