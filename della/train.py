@@ -679,11 +679,15 @@ def train(cfg: RunConfig, out: Path) -> dict | None:
         trainer.close()
 
 
+def run_matmul_precision(tc: TrainConfig, device: torch.device) -> str:
+    """The precision the matmuls run at (TF32 only where CUDA allows it), which sets the peak for MFU."""
+    return matmul_precision(tc.precision, device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+
+
 def speed_settings(tc: TrainConfig, device: torch.device, optimizer: torch.optim.Optimizer) -> dict:
     """The speed switches as this run resolved them (run.json `speed`); the AdamW kernel is the
     optimizer's own (a resumed optimizer keeps its checkpoint's)."""
-    allow_tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
-    return {"precision": tc.precision, "matmul": matmul_precision(tc.precision, allow_tf32),
+    return {"precision": tc.precision, "matmul": run_matmul_precision(tc, device),
             "fused_adam": fused_kernel(optimizer), "compile": tc.compile, "pad_to_multiple": tc.pad_to_multiple,
             "reuse_host_memory": host_memory.resolve(tc.reuse_host_memory, device),
             "attention": "torch.nn.functional.scaled_dot_product_attention"}
@@ -702,7 +706,7 @@ def utilisation(trainer: Trainer, tokens_per_second: float) -> dict:
                                   source, latent=trainer.model.n_groups > 0) / max(predicted, 1)
     device = trainer.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    peak, why = peak_tflops(name, speed_settings(trainer.cfg.train, device, trainer.optimizer)["matmul"])
+    peak, why = peak_tflops(name, run_matmul_precision(trainer.cfg.train, device))
     mfu = None if peak is None else tokens_per_second * per_token / (peak * 1e12 * trainer.dist.world)
     return {"flops_per_token": per_token, "peak_tflops": peak, "mfu": mfu, **({"mfu_note": why} if why else {})}
 
