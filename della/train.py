@@ -355,7 +355,7 @@ class Trainer:
         self.fingerprint = fingerprint(self.recipe)
         self.warm_start = None  # set when train.resume = weights-only took another recipe's weights
         self.resumed_from = None
-        self.skipped_corrupt: list[Path] = []  # unreadable checkpoints resume fell back past
+        self.skipped_corrupt: dict[Path, str] = {}  # unreadable checkpoint -> why, that resume fell back past
         self.earlier_processes: list[dict] = []  # the processes that trained the resumed weights
         self.started_at, self.provenance = (0, 0), {}  # this process: (epoch, step) it began at, on what
 
@@ -419,8 +419,9 @@ class Trainer:
         path, state = found
         if self.dist.is_main:
             for corrupt in self.skipped_corrupt:  # else the next checkpoint rotates it over the good previous.pt
-                os.replace(corrupt, corrupt.with_name(corrupt.name + ".corrupt"))
-                log.warning("moved the unreadable %s aside to %s.corrupt", corrupt, corrupt.name)
+                aside = corrupt.with_name(corrupt.name + ".corrupt")
+                os.replace(corrupt, aside)
+                log.warning("moved the unreadable %s aside to %s", corrupt, aside.name)
         warm = state["fingerprint"] != self.fingerprint
         self.model.load_state_dict(state["model"])
         if warm:  # weights-only: a fresh optimizer at the current train.*, this run's seeded RNG streams
@@ -457,8 +458,8 @@ class Trainer:
             return None, None
         if self.cfg.train.resume == "never":
             return None, "train.resume = never"
-        corrupt, unusable = [], []
-        self.skipped_corrupt = []
+        unusable = []
+        self.skipped_corrupt = {}
         for path in paths:
             try:
                 state = load_checkpoint(path)
@@ -466,17 +467,16 @@ class Trainer:
                 raise
             except CheckpointError as err:
                 log.warning("%s; skipping it", err)
-                corrupt.append(str(err))
-                self.skipped_corrupt.append(path)
+                self.skipped_corrupt[path] = str(err)
                 continue
             why = self._why_not_resumable(state)
             if why is None:
-                if corrupt:
+                if self.skipped_corrupt:
                     log.warning("falling back to the previous good checkpoint %s", path)
                 return (path, state), None
             unusable.append(f"{path.name}: {why}")
         if not unusable:
-            raise CheckpointError(f"{'; '.join(corrupt)}; no good checkpoint is left: delete "
+            raise CheckpointError(f"{'; '.join(self.skipped_corrupt.values())}; no good checkpoint is left: delete "
                                   f"{self.run.checkpoint_dir} or set train.resume: never to train from scratch")
         return None, "; ".join(unusable)
 

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from della.data.conditional import read_pairs
-from della.data.corpus import read_lines
-from della.data.corpus import SPLITS
+from della.data.corpus import SPLITS, read_lines
 from della.data.tokenizer import Tokenizer, load_tokenizer
 from della.io import atomic_write_text
 from della.tables import dataset_title, html_document, latex_escape

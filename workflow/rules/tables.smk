@@ -22,8 +22,9 @@ def table_args(models, datasets, paper_rows):
     for name in models:
         entry = config["models"][name]
         args += ["--label", f"{name}={entry['label'] or default_label(entry['model'])}"]
-        if paper_rows and paper_row(entry):
-            args += ["--paper-model", f"{name}={paper_row(entry)}"]
+        row = paper_rows and paper_row(entry)
+        if row:
+            args += ["--paper-model", f"{name}={row}"]
     if paper_rows:
         args.append("--paper")
         for dataset, paper_dataset in config["tables"]["paper_datasets"].items():
